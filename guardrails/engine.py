@@ -1,0 +1,472 @@
+"""The decision: (message, current row if known, policy, facts) -> what to do and why.
+
+Pure and total: no I/O, no exceptions for any input the parser accepts. What the engine cannot
+know offline (the owner's directory address, the initiator's roles, the organization's defaults,
+the row itself) it names in `unverified`; the executor looks those up and decides again, and
+offline replay reports them as not verifiable rather than guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from guardrails.mailbox import (
+    COLUMN_LABELS,
+    DELIVERY_COLUMNS,
+    GOVERNED,
+    GUARDRAIL_TAG,
+    MAILBOX,
+    Column,
+    MailboxEvent,
+    MailboxState,
+    describe,
+    mailbox_event,
+    webapi_body,
+)
+from guardrails.message import ExecutionContext, Rejection
+from guardrails.policy.model import ORGANIZATION_DEFAULT, Mode, Policy, Scope
+from guardrails.values import EntityReference, Value, to_json
+
+GOVERNED_MESSAGES = frozenset({"Create", "Update"})
+
+
+class Outcome(StrEnum):
+    COMPLIANT = "compliant"
+    VIOLATION = "violation"
+    IGNORED = "ignored"
+    REJECTED = "rejected"
+
+
+class Fact(StrEnum):
+    """Something a decision needed but was not given."""
+
+    MAILBOX_STATE = "mailbox_state"
+    INITIATOR = "initiator"
+    OWNER = "owner"
+    ORGANIZATION_DEFAULTS = "organization_defaults"
+
+
+@dataclass(frozen=True, slots=True)
+class UserFacts:
+    id: str
+    email: str | None = None
+    name: str | None = None
+    role_ids: frozenset[str] = frozenset()
+    role_names: frozenset[str] = frozenset()  # lower-cased
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the executor looked up; None means not known (offline, or not needed yet)."""
+
+    guardrail_user_id: str | None = None
+    initiator: UserFacts | None = None
+    owner: UserFacts | None = None
+    # Delivery-method columns -> int, and Column.SERVER_PROFILE -> the profile's id.
+    organization_defaults: Mapping[Column, int | str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    rule: str
+    column: Column
+    actual: Value
+    expected: Value  # what a revert writes; None when no safe value is known
+    enforced: bool
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "column": self.column.value,
+            "actual": to_json(self.actual),
+            "expected": to_json(self.expected),
+            "enforced": self.enforced,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The plan and the audit record in one: what was seen, what would change, and why."""
+
+    outcome: Outcome
+    reason: str
+    mailbox_id: str | None = None
+    message_name: str | None = None
+    entity: str | None = None
+    organization_id: str | None = None
+    correlation_id: str | None = None
+    initiating_user_id: str | None = None
+    owner_user_id: str | None = None
+    violations: tuple[Violation, ...] = ()
+    # Only the enforced violations' columns, with the values a revert writes.
+    patch: Mapping[Column, Value] = field(default_factory=dict)
+    restore_approval: bool = False
+    notify_owner: bool = False
+    notify_also: tuple[str, ...] = ()
+    unverified: tuple[Fact, ...] = ()
+    notes: tuple[str, ...] = ()
+    event: MailboxEvent | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.patch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "mailbox_id": self.mailbox_id,
+            "message_name": self.message_name,
+            "entity": self.entity,
+            "organization_id": self.organization_id,
+            "correlation_id": self.correlation_id,
+            "initiating_user_id": self.initiating_user_id,
+            "owner_user_id": self.owner_user_id,
+            "violations": [v.to_dict() for v in self.violations],
+            "patch": webapi_body(self.patch),
+            "restore_approval": self.restore_approval,
+            "notify_owner": self.notify_owner,
+            "notify_also": list(self.notify_also),
+            "unverified": [fact.value for fact in self.unverified],
+            "notes": list(self.notes),
+        }
+
+
+def reject(rejection: Rejection) -> Decision:
+    return Decision(Outcome.REJECTED, rejection.reason)
+
+
+def decide(
+    context: ExecutionContext | Rejection,
+    policy: Policy,
+    facts: Facts | None = None,
+    state: MailboxState | None = None,
+) -> Decision:
+    if isinstance(context, Rejection):
+        return reject(context)
+    return _Decider(context, policy, facts or Facts(), state).run()
+
+
+class _Decider:
+    def __init__(
+        self, context: ExecutionContext, policy: Policy, facts: Facts, state: MailboxState | None
+    ) -> None:
+        self.context = context
+        self.policy = policy
+        self.facts = facts
+        self.state = state
+        self.unverified: list[Fact] = []
+        self.notes: list[str] = []
+        self.event: MailboxEvent | None = None
+
+    def need(self, fact: Fact) -> None:
+        if fact not in self.unverified:
+            self.unverified.append(fact)
+
+    def decision(self, outcome: Outcome, reason: str, **kwargs: Any) -> Decision:
+        context = self.context
+        return Decision(
+            outcome=outcome,
+            reason=reason,
+            mailbox_id=context.primary_entity_id or None,
+            message_name=context.message_name,
+            entity=context.primary_entity_name,
+            organization_id=context.organization_id,
+            correlation_id=context.correlation_id,
+            initiating_user_id=context.initiating_user_id,
+            owner_user_id=self.owner_user_id(),
+            unverified=tuple(self.unverified),
+            notes=tuple(self.notes),
+            event=self.event,
+            **kwargs,
+        )
+
+    def owner_user_id(self) -> str | None:
+        """Whose mailbox this is: the regarding user, or for a queue its owning user."""
+        for ref in (self.regarding(), self.owner()):
+            if ref is not None and ref.logical_name == "systemuser":
+                return ref.id
+        return None
+
+    def regarding(self) -> EntityReference | None:
+        if self.state is not None and self.state.regarding is not None:
+            return self.state.regarding
+        return self.event.regarding if self.event else None
+
+    def owner(self) -> EntityReference | None:
+        if self.state is not None and self.state.owner is not None:
+            return self.state.owner
+        return self.event.owner if self.event else None
+
+    def run(self) -> Decision:
+        context, policy = self.context, self.policy
+        if context.primary_entity_name != MAILBOX:
+            return self.decision(
+                Outcome.IGNORED,
+                f"Not a mailbox event ({context.message_name} of {context.primary_entity_name}).",
+            )
+        # Nothing is done with other tables' events, whichever organization sent them.
+        if context.organization_id != policy.organization.id:
+            return self.decision(
+                Outcome.REJECTED,
+                f"The message is from organization {context.organization_id or '(none)'}"
+                f" ({context.organization_name or 'unnamed'}), but this policy governs "
+                f"{policy.organization.id}. Point this organization's service endpoint at its "
+                "own queue, or deploy a policy for it.",
+            )
+        if context.message_name not in GOVERNED_MESSAGES:
+            return self.decision(
+                Outcome.IGNORED, f"{context.message_name} of a mailbox is not governed."
+            )
+        self.event = event = mailbox_event(context)
+        return self.exemption(event) or self.evaluate(event)
+
+    def exemption(self, event: MailboxEvent) -> Decision | None:
+        initiator = event.initiating_user_id
+        if GUARDRAIL_TAG in event.tags or (
+            initiator is not None and initiator == self.facts.guardrail_user_id
+        ):
+            return self.decision(Outcome.IGNORED, "The guardrail's own write.")
+        exemptions = self.policy.exemptions
+        if event.mailbox_id in exemptions.mailboxes:
+            return self.decision(Outcome.IGNORED, "The mailbox is exempt.")
+        if initiator is not None and initiator in exemptions.users:
+            return self.decision(Outcome.IGNORED, f"Changed by exempt user {initiator}.")
+        needs_lookup = exemptions.security_roles or any("@" in u for u in exemptions.users)
+        if not needs_lookup:
+            return None
+        user = self.facts.initiator
+        if user is None:
+            self.need(Fact.INITIATOR)
+            return None
+        if user.email is not None and user.email.lower() in exemptions.users:
+            return self.decision(Outcome.IGNORED, f"Changed by exempt user {user.email}.")
+        for role in exemptions.security_roles:
+            if role in user.role_ids or role in user.role_names:
+                return self.decision(
+                    Outcome.IGNORED,
+                    f"Changed by {user.email or user.id}, who holds exempt role '{role}'.",
+                )
+        return None
+
+    def in_scope(self) -> str | None:
+        """None when governed, else why not."""
+        scope = self.policy.scope
+        if scope is Scope.ALL:
+            return None
+        regarding = self.regarding()
+        if regarding is None:
+            self.need(Fact.MAILBOX_STATE)
+            return None
+        is_queue = regarding.logical_name == "queue"
+        if scope is Scope.USER_MAILBOXES and is_queue:
+            return "A queue mailbox; the policy governs user mailboxes only."
+        if scope is Scope.QUEUE_MAILBOXES and not is_queue:
+            return "A user mailbox; the policy governs queue mailboxes only."
+        return None
+
+    def subjects(self, event: MailboxEvent) -> dict[Column, Value]:
+        """The governed columns this event is about, with their current values."""
+        state = self.state
+        current: Mapping[Column, Value] = state.values if state is not None else {}
+        if event.incomplete:
+            if state is None:
+                self.need(Fact.MAILBOX_STATE)
+                self.notes.append(
+                    "The message does not carry the row (over 192 KB, or no Target): "
+                    "the row must be read from Dataverse."
+                )
+            return {column: current[column] for column in GOVERNED if column in current}
+        if event.message == "Create":
+            subjects: dict[Column, Value] = {}
+            for column in GOVERNED:
+                if column in current:
+                    subjects[column] = current[column]
+                elif column in event.changed:
+                    subjects[column] = event.changed[column]
+                elif self.governs(column):
+                    self.need(Fact.MAILBOX_STATE)
+            return subjects
+        subjects = {}
+        for column, value in event.changed.items():
+            if column in current and current[column] != value:
+                # A later change owns this column now; its own event decides about it.
+                self.notes.append(
+                    f"{column.value} changed again since this event "
+                    f"({describe(column, value)} -> {describe(column, current[column])})."
+                )
+                continue
+            subjects[column] = value
+        return subjects
+
+    def governs(self, column: Column) -> bool:
+        rules = self.policy.rules
+        if column in DELIVERY_COLUMNS:
+            return (
+                rules.delivery_methods is not None and column in rules.delivery_methods.expected()
+            )
+        if column is Column.EMAIL:
+            return rules.email_address is not None and (
+                bool(rules.email_address.allowed_domains) or rules.email_address.must_match_owner
+            )
+        return rules.server_profile is not None
+
+    def evaluate(self, event: MailboxEvent) -> Decision:
+        out_of_scope = self.in_scope()
+        if out_of_scope:
+            return self.decision(Outcome.IGNORED, out_of_scope)
+        subjects = self.subjects(event)
+        violations: list[Violation] = []
+        for column, value in subjects.items():
+            violation = self.check(event, column, value)
+            if violation is not None:
+                violations.append(violation)
+        if not violations:
+            if not subjects and not event.incomplete:
+                reason = "No governed column changed."
+            elif self.unverified:
+                reason = "No violation found in what could be checked; see unverified."
+            else:
+                reason = "The governed columns have the organization's values."
+            return self.decision(Outcome.COMPLIANT, reason)
+        return self.violation(violations)
+
+    def violation(self, violations: list[Violation]) -> Decision:
+        patch = {v.column: v.expected for v in violations if v.enforced and v.expected is not None}
+        email_rule = self.policy.rules.email_address
+        notifications = self.policy.notifications
+        enforced = any(v.enforced for v in violations)
+        summary = "; ".join(v.message for v in violations)
+        action = "Reverting" if patch else "Recording"
+        return self.decision(
+            Outcome.VIOLATION,
+            f"{action}: {summary}",
+            violations=tuple(violations),
+            patch=patch,
+            restore_approval=bool(
+                email_rule and email_rule.restore_approval and Column.EMAIL in patch
+            ),
+            notify_owner=notifications.enabled and notifications.notify_owner and enforced,
+            notify_also=notifications.extra_recipients if notifications.enabled else (),
+        )
+
+    def check(self, event: MailboxEvent, column: Column, value: Value) -> Violation | None:
+        if column in DELIVERY_COLUMNS:
+            return self.check_delivery(column, value)
+        if column is Column.SERVER_PROFILE:
+            return self.check_server_profile(value)
+        return self.check_email(event, value)
+
+    def organization_default(self, column: Column) -> int | str | None:
+        defaults = self.facts.organization_defaults
+        if defaults is None or column not in defaults:
+            self.need(Fact.ORGANIZATION_DEFAULTS)
+            return None
+        return defaults[column]
+
+    def check_delivery(self, column: Column, value: Value) -> Violation | None:
+        rule = self.policy.rules.delivery_methods
+        if rule is None or column not in rule.expected():
+            return None
+        expected = rule.expected()[column]
+        if expected == ORGANIZATION_DEFAULT:
+            expected = self.organization_default(column)  # type: ignore[assignment]
+            if expected is None:
+                return None
+        if value == expected:
+            return None
+        return Violation(
+            rule="delivery_methods",
+            column=column,
+            actual=value,
+            expected=expected,
+            enforced=self.policy.mode_of(rule) is Mode.ENFORCE,
+            message=f"{COLUMN_LABELS[column]} set to {describe(column, value)}; "
+            f"the organization uses {describe(column, expected)}",
+        )
+
+    def check_server_profile(self, value: Value) -> Violation | None:
+        rule = self.policy.rules.server_profile
+        if rule is None:
+            return None
+        expected_id: str | int | None = rule.expected
+        if expected_id == ORGANIZATION_DEFAULT:
+            expected_id = self.organization_default(Column.SERVER_PROFILE)
+            if expected_id is None:
+                return None
+        actual_id = value.id if isinstance(value, EntityReference) else None
+        if actual_id == str(expected_id).lower():
+            return None
+        expected = EntityReference("emailserverprofile", str(expected_id).lower())
+        return Violation(
+            rule="server_profile",
+            column=Column.SERVER_PROFILE,
+            actual=value,
+            expected=expected,
+            enforced=self.policy.mode_of(rule) is Mode.ENFORCE,
+            message=f"Server profile set to {describe(Column.SERVER_PROFILE, value)}; "
+            f"the organization uses {expected.id}",
+        )
+
+    def owner_email(self) -> str | None:
+        owner = self.facts.owner
+        if owner is None or owner.id != self.owner_user_id():
+            self.need(Fact.OWNER)
+            return None
+        return owner.email
+
+    def email_problems(self, address: Value, *, for_owner: bool = True) -> list[str]:
+        rule = self.policy.rules.email_address
+        assert rule is not None
+        problems: list[str] = []
+        text = address if isinstance(address, str) else ""
+        domain = text.rpartition("@")[2].lower()
+        if rule.allowed_domains and domain not in rule.allowed_domains:
+            problems.append(f"{domain or 'an empty address'} is not an allowed domain")
+        is_user_mailbox = self.owner_user_id() is not None and (
+            (reg := self.regarding()) is None or reg.logical_name == "systemuser"
+        )
+        if for_owner and rule.must_match_owner and is_user_mailbox:
+            owner_email = self.owner_email()
+            if owner_email is not None and text.lower() != owner_email.lower():
+                problems.append(f"it is not the owner's address {owner_email}")
+        return problems
+
+    def check_email(self, event: MailboxEvent, value: Value) -> Violation | None:
+        rule = self.policy.rules.email_address
+        if rule is None:
+            return None
+        problems = []
+        changed = (
+            event.message == "Update" and not event.incomplete and Column.EMAIL in event.changed
+        )
+        if changed and rule.changes == "forbidden":
+            problems.append("email address changes are not allowed")
+        problems += self.email_problems(value)
+        if not problems:
+            return None
+        candidates: list[Value] = []
+        if changed and Column.EMAIL in event.previous:
+            candidates.append(event.previous[Column.EMAIL])
+        if rule.must_match_owner and self.facts.owner is not None:
+            candidates.append(self.facts.owner.email)
+        expected = next(
+            (c for c in candidates if c and not self.email_problems(c, for_owner=True)), None
+        )
+        reverts = "" if expected is not None else " (no safe address is known to revert to)"
+        return Violation(
+            rule="email_address",
+            column=Column.EMAIL,
+            actual=value,
+            expected=expected,
+            enforced=self.policy.mode_of(rule) is Mode.ENFORCE,
+            message=f"Email address set to {describe(Column.EMAIL, value)}: "
+            + ", ".join(problems)
+            + reverts,
+        )

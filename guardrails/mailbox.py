@@ -1,0 +1,205 @@
+"""The mailbox table as the guardrail sees it: governed columns, their values, and events on rows.
+
+Column names are Dataverse's logical names because they are the wire format; readable names for
+the policy YAML and for people live next to them here, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from guardrails.message import ExecutionContext
+from guardrails.values import Entity, EntityReference, OptionSetValue, Value
+
+MAILBOX = "mailbox"
+GUARDRAIL_TAG = "mailbox-guardrails"
+
+
+class Column(StrEnum):
+    INCOMING = "incomingemaildeliverymethod"
+    OUTGOING = "outgoingemaildeliverymethod"
+    ACT = "actdeliverymethod"
+    EMAIL = "emailaddress"
+    SERVER_PROFILE = "emailserverprofile"
+
+
+GOVERNED: tuple[Column, ...] = tuple(Column)
+DELIVERY_COLUMNS: tuple[Column, ...] = (Column.INCOMING, Column.OUTGOING, Column.ACT)
+
+# Per column, because the same number means different things: 0 is "None" for incoming and
+# outgoing email but "Dynamics 365 for Outlook" for appointments, contacts and tasks.
+DELIVERY_METHODS: Mapping[Column, Mapping[str, int]] = {
+    Column.INCOMING: {"none": 0, "outlook": 1, "server_side_sync": 2, "forward_mailbox": 3},
+    Column.OUTGOING: {"none": 0, "outlook": 1, "server_side_sync": 2},
+    Column.ACT: {"outlook": 0, "server_side_sync": 1, "none": 2},
+}
+_LABELS = {
+    "none": "None",
+    "outlook": "Dynamics 365 for Outlook",
+    "server_side_sync": "Server-Side Synchronization",
+    "forward_mailbox": "Forward Mailbox",
+}
+COLUMN_LABELS: Mapping[Column, str] = {
+    Column.INCOMING: "Incoming email",
+    Column.OUTGOING: "Outgoing email",
+    Column.ACT: "Appointments, contacts and tasks",
+    Column.EMAIL: "Email address",
+    Column.SERVER_PROFILE: "Server profile",
+}
+
+
+def delivery_name(column: Column, number: int) -> str:
+    for name, value in DELIVERY_METHODS[column].items():
+        if value == number:
+            return name
+    return str(number)
+
+
+def describe(column: Column, value: Value) -> str:
+    """A value as a person reads it, e.g. 'Forward Mailbox (3)'."""
+    if column in DELIVERY_METHODS and isinstance(value, int):
+        name = delivery_name(column, value)
+        return f"{_LABELS.get(name, 'unknown')} ({value})"
+    if isinstance(value, EntityReference):
+        return value.name or value.id
+    return "(empty)" if value in (None, "") else str(value)
+
+
+def normalize(column: Column, value: Value) -> Value:
+    """The comparable form of a governed column's value (choices as int, addresses as typed)."""
+    if isinstance(value, OptionSetValue):
+        return value.value
+    if column is Column.SERVER_PROFILE and isinstance(value, EntityReference):
+        return EntityReference(value.logical_name, value.id.lower(), value.name)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxState:
+    """A mailbox row as read from Dataverse: the governed columns plus what decisions need."""
+
+    mailbox_id: str
+    values: Mapping[Column, Value]
+    etag: str | None = None
+    regarding: EntityReference | None = None
+    owner: EntityReference | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxEvent:
+    """What a Create or Update message says about one mailbox row."""
+
+    message: str
+    mailbox_id: str
+    organization_id: str
+    correlation_id: str | None = None
+    initiating_user_id: str | None = None
+    # Governed columns the caller set, with the values they set.
+    changed: Mapping[Column, Value] = field(default_factory=dict)
+    # Governed columns' values before the change, where a pre image carries them.
+    previous: Mapping[Column, Value] = field(default_factory=dict)
+    regarding: EntityReference | None = None
+    owner: EntityReference | None = None
+    name: str | None = None
+    row_version: str | None = None
+    tags: frozenset[str] = frozenset()
+    # The message does not say what changed (oversize, or no Target): read the row.
+    incomplete: bool = False
+
+
+def _full_images(images: Mapping[str, Entity]) -> list[Entity]:
+    # The automatic AsynchronousStepPrimaryName image holds only the key and the name.
+    return [image for key, image in images.items() if key != "AsynchronousStepPrimaryName"]
+
+
+def _sent_columns(context: ExecutionContext, target: Entity) -> set[str]:
+    """Columns the caller really sent: the original request's Target when there is one."""
+    parent = context.parent
+    while parent is not None:
+        parent_target = parent.target
+        if (
+            isinstance(parent_target, Entity)
+            and parent_target.logical_name == target.logical_name
+            and parent_target.id == target.id
+        ):
+            return set(parent_target.attributes)
+        parent = parent.parent
+    return set(target.attributes)
+
+
+def _tags(context: ExecutionContext) -> frozenset[str]:
+    tags: set[str] = set()
+    current: ExecutionContext | None = context
+    while current is not None:
+        tag = current.shared_variables.get("tag")
+        if isinstance(tag, str):
+            tags.add(tag)
+        current = current.parent
+    return frozenset(tags)
+
+
+def _lookup(column: str, sources: list[Mapping[str, Value]]) -> EntityReference | None:
+    for source in sources:
+        value = source.get(column)
+        if isinstance(value, EntityReference):
+            return value
+    return None
+
+
+def mailbox_event(context: ExecutionContext) -> MailboxEvent:
+    """The mailbox-level view of a Create or Update context on the mailbox table."""
+    target = context.target
+    pre = _full_images(context.pre_images)
+    post = _full_images(context.post_images)
+    row_version = None
+    incomplete = context.oversize or not isinstance(target, Entity)
+    changed: dict[Column, Value] = {}
+    previous: dict[Column, Value] = {}
+    sources: list[Mapping[str, Value]] = []
+    if isinstance(target, Entity):
+        row_version = target.row_version
+        sources.append(target.attributes)
+        sent = _sent_columns(context, target)
+        for column in GOVERNED:
+            if column not in target.attributes or column not in sent:
+                continue
+            new = normalize(column, target.attributes[column])
+            before = [image.attributes[column] for image in pre if column in image.attributes]
+            if before:
+                previous[column] = normalize(column, before[0])
+                if previous[column] == new and context.message_name == "Update":
+                    continue
+            changed[column] = new
+    sources.extend(image.attributes for image in (*post, *pre))
+    name = next((s.get("name") for s in sources if isinstance(s.get("name"), str)), None)
+    return MailboxEvent(
+        message=context.message_name,
+        mailbox_id=context.primary_entity_id,
+        organization_id=context.organization_id,
+        correlation_id=context.correlation_id,
+        initiating_user_id=context.initiating_user_id,
+        changed=changed,
+        previous=previous,
+        regarding=_lookup("regardingobjectid", sources),
+        owner=_lookup("ownerid", sources),
+        name=name if isinstance(name, str) else None,
+        row_version=row_version,
+        tags=_tags(context),
+        incomplete=incomplete,
+    )
+
+
+def webapi_body(patch: Mapping[Column, Value]) -> dict[str, object]:
+    """The PATCH body that writes `patch`: choices as numbers, lookups as @odata.bind."""
+    body: dict[str, object] = {}
+    for column, value in patch.items():
+        if isinstance(value, EntityReference):
+            body[f"{column.value}@odata.bind"] = f"/{value.logical_name}s({value.id})"
+        elif isinstance(value, OptionSetValue):
+            body[column.value] = value.value
+        else:
+            body[column.value] = value
+    return body

@@ -1,0 +1,268 @@
+"""Service Bus message body -> ExecutionContext, or a Rejection that says what to change.
+
+The body is the JSON serialization of a Dataverse RemoteExecutionContext (service endpoint
+`messageformat` = 2). Anything else is a configuration problem an admin can fix, so every failure
+becomes a Rejection with a reason, never an exception: whatever the bytes, `parse_message` returns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from guardrails.values import (
+    ContractError,
+    Entity,
+    EntityReference,
+    Value,
+    decode_entity,
+    decode_pairs,
+    decode_value,
+    parse_date,
+)
+
+# Brokered message property Dataverse adds when it dropped the context's bulky parts (> 192 KB).
+OVERSIZE_PROPERTY = "MessageMaxSizeExceeded"
+_REQUIRED = ("MessageName", "PrimaryEntityName", "PrimaryEntityId", "OrganizationId")
+_FIX_FORMAT = (
+    "Set the Dataverse service endpoint's message format to JSON "
+    "(serviceendpoint.messageformat = 2) and re-register it."
+)
+
+
+class RejectionKind(StrEnum):
+    EMPTY = "empty"
+    NOT_UTF8 = "not_utf8"
+    BINARY_XML = "binary_xml"
+    TEXT_XML = "text_xml"
+    NOT_JSON = "not_json"
+    TRUNCATED = "truncated"
+    WRONG_SHAPE = "wrong_shape"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A body that can never be processed; `reason` is written for the admin who must act."""
+
+    kind: RejectionKind
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionContext:
+    message_name: str
+    primary_entity_name: str
+    primary_entity_id: str
+    organization_id: str
+    organization_name: str | None = None
+    correlation_id: str | None = None
+    operation_id: str | None = None
+    request_id: str | None = None
+    initiating_user_id: str | None = None
+    user_id: str | None = None
+    mode: int | None = None
+    stage: int | None = None
+    depth: int | None = None
+    operation_created_on: datetime | None = None
+    input_parameters: Mapping[str, Value] = field(default_factory=dict)
+    pre_images: Mapping[str, Entity] = field(default_factory=dict)
+    post_images: Mapping[str, Entity] = field(default_factory=dict)
+    shared_variables: Mapping[str, Value] = field(default_factory=dict)
+    parent: ExecutionContext | None = None
+    owning_extension: EntityReference | None = None
+    oversize: bool = False
+
+    @property
+    def target(self) -> Entity | EntityReference | None:
+        target = self.input_parameters.get("Target")
+        return target if isinstance(target, Entity | EntityReference) else None
+
+
+def parse_message(
+    body: bytes,
+    properties: Mapping[str, Any] | None = None,
+    content_type: str | None = None,
+) -> ExecutionContext | Rejection:
+    """Parse a message body; `properties` are the brokered message's application properties."""
+    try:
+        text = _decode_text(body, content_type)
+        if isinstance(text, Rejection):
+            return text
+        data = _load_json(text)
+        if isinstance(data, Rejection):
+            return data
+        oversize = any(key.lower() == OVERSIZE_PROPERTY.lower() for key in properties or {})
+        return _context(data, "body", oversize=oversize)
+    except ContractError as exc:
+        return Rejection(
+            RejectionKind.WRONG_SHAPE,
+            f"The body is JSON but not a valid Dataverse RemoteExecutionContext: at {exc.path}, "
+            f"{exc.problem}. Only a Dataverse service endpoint with message format JSON should "
+            "post to this queue.",
+        )
+    except RecursionError:
+        return Rejection(
+            RejectionKind.WRONG_SHAPE,
+            "The body nests JSON deeper than any Dataverse message does; it was not produced by "
+            "a Dataverse service endpoint.",
+        )
+
+
+def _decode_text(body: bytes, content_type: str | None) -> str | Rejection:
+    stripped = body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not stripped:
+        return Rejection(
+            RejectionKind.EMPTY,
+            "The message body is empty. A Dataverse service endpoint always posts the execution "
+            "context; check what else sends to this queue.",
+        )
+    if _looks_like_binary_xml(stripped, content_type):
+        return Rejection(
+            RejectionKind.BINARY_XML,
+            "The body is .NET Binary XML (message format 1, the service endpoint's default). "
+            + _FIX_FORMAT,
+        )
+    if body.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return Rejection(
+            RejectionKind.NOT_UTF8,
+            "The body is UTF-16; Dataverse posts UTF-8 JSON. Check what sends to this queue.",
+        )
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return Rejection(
+            RejectionKind.NOT_UTF8,
+            f"The body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start}). "
+            "A Dataverse service endpoint with message format JSON posts UTF-8.",
+        )
+    if text.lstrip().startswith("<"):
+        return Rejection(
+            RejectionKind.TEXT_XML,
+            "The body is XML (message format 3, Text XML). " + _FIX_FORMAT,
+        )
+    return text
+
+
+def _looks_like_binary_xml(body: bytes, content_type: str | None) -> bool:
+    if content_type and "msbin" in content_type.lower():
+        return True
+    # Binary XML opens with an element record (0x40-0x77) and carries the contract's namespace.
+    return 0x40 <= body[0] <= 0x77 and (
+        b"schemas.microsoft.com/xrm" in body or b"RemoteExecutionContext" in body
+    )
+
+
+def _load_json(text: str) -> dict[str, Any] | Rejection:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if not text[exc.pos :].strip():
+            return Rejection(
+                RejectionKind.TRUNCATED,
+                f"The JSON body ends early ({len(text)} characters, {exc.msg.lower()}): the "
+                "message was truncated by whatever produced or copied it. Dataverse itself never "
+                "truncates; it drops the context's large parts instead.",
+            )
+        return Rejection(
+            RejectionKind.NOT_JSON,
+            f"The body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}). "
+            + _FIX_FORMAT,
+        )
+    except ValueError as exc:  # e.g. an integer with more digits than Python will parse
+        return Rejection(RejectionKind.NOT_JSON, f"The body is not usable JSON: {exc}.")
+    if not isinstance(data, dict):
+        return Rejection(
+            RejectionKind.WRONG_SHAPE,
+            f"The body is a JSON {_json_kind(data)}, not a RemoteExecutionContext object. Only a "
+            "Dataverse service endpoint with message format JSON should post to this queue.",
+        )
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        return Rejection(
+            RejectionKind.WRONG_SHAPE,
+            "The body is a JSON object without " + ", ".join(missing) + ": it is not a Dataverse "
+            "RemoteExecutionContext. Only a Dataverse service endpoint with message format JSON "
+            "should post to this queue.",
+        )
+    return data
+
+
+def _json_kind(data: object) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(data), "number"
+    )
+
+
+def _str(data: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> str | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise ContractError(f"{path}.{key}", f"expected a string, found {type(value).__name__}")
+    return value
+
+
+def _int(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _guid(data: Mapping[str, Any], key: str, path: str) -> str | None:
+    value = _str(data, key, path)
+    return value.lower() if value else None
+
+
+def _images(raw: Any, path: str) -> dict[str, Entity]:
+    return {key: decode_entity(value, f"{path}[{key}]") for key, value in decode_pairs(raw, path)}
+
+
+def _context(data: Mapping[str, Any], path: str, *, oversize: bool) -> ExecutionContext:
+    inputs_raw = data.get("InputParameters")
+    parent_raw = data.get("ParentContext")
+    if parent_raw is not None and not isinstance(parent_raw, dict):
+        raise ContractError(f"{path}.ParentContext", "expected an object or null")
+    extension = data.get("OwningExtension")
+    created = data.get("OperationCreatedOn")
+    return ExecutionContext(
+        message_name=_str(data, "MessageName", path, required=True) or "",
+        primary_entity_name=_str(data, "PrimaryEntityName", path, required=True) or "",
+        primary_entity_id=(_guid(data, "PrimaryEntityId", path) or ""),
+        organization_id=(_guid(data, "OrganizationId", path) or ""),
+        organization_name=_str(data, "OrganizationName", path),
+        correlation_id=_guid(data, "CorrelationId", path),
+        operation_id=_guid(data, "OperationId", path),
+        request_id=_guid(data, "RequestId", path),
+        initiating_user_id=_guid(data, "InitiatingUserId", path),
+        user_id=_guid(data, "UserId", path),
+        mode=_int(data, "Mode"),
+        stage=_int(data, "Stage"),
+        depth=_int(data, "Depth"),
+        operation_created_on=parse_date(created) if isinstance(created, str) else None,
+        input_parameters={
+            key: decode_value(value, f"{path}.InputParameters[{key}]")
+            for key, value in decode_pairs(inputs_raw, f"{path}.InputParameters")
+        },
+        pre_images=_images(data.get("PreEntityImages"), f"{path}.PreEntityImages"),
+        post_images=_images(data.get("PostEntityImages"), f"{path}.PostEntityImages"),
+        shared_variables={
+            key: decode_value(value, f"{path}.SharedVariables[{key}]")
+            for key, value in decode_pairs(data.get("SharedVariables"), f"{path}.SharedVariables")
+        },
+        parent=_context(parent_raw, f"{path}.ParentContext", oversize=False)
+        if isinstance(parent_raw, dict)
+        else None,
+        owning_extension=_extension(extension, f"{path}.OwningExtension"),
+        # Dataverse drops InputParameters (and images) from a context over 192 KB.
+        oversize=oversize or inputs_raw is None,
+    )
+
+
+def _extension(raw: Any, path: str) -> EntityReference | None:
+    if not isinstance(raw, dict):
+        return None
+    value = decode_value(raw, path)
+    return value if isinstance(value, EntityReference) else None

@@ -1,0 +1,312 @@
+"""The policy, version 1: what admins write in YAML, validated before anything runs.
+
+Field descriptions here are the documentation editors show (through `guardrails policy schema`),
+so they are written for the admin, not for the developer.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from guardrails.mailbox import DELIVERY_METHODS, Column
+
+ORGANIZATION_DEFAULT = "organization_default"
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DURATION = re.compile(r"^(\d+)\s*([smhd])$")
+
+TEMPLATE_FIELDS = frozenset(
+    {
+        "mailbox_name",
+        "mailbox_id",
+        "owner_name",
+        "owner_email",
+        "initiator",
+        "organization_name",
+        "action",
+        "violations",
+        "correlation_id",
+    }
+)
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    AUDIT = "audit"
+
+
+class Scope(StrEnum):
+    USER_MAILBOXES = "user_mailboxes"
+    QUEUE_MAILBOXES = "queue_mailboxes"
+    ALL = "all"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_guid(text: str) -> bool:
+    return bool(_GUID.match(text))
+
+
+def _guid(value: str) -> str:
+    if not is_guid(value):
+        raise ValueError(f"'{value}' is not a GUID such as 00aa00aa-bb11-cc22-dd33-44ee44ee44ee")
+    return value.lower()
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise ValueError(f"'{value}' is not an email address")
+    return value
+
+
+def _user(value: str) -> str:
+    if not is_guid(value) and not _EMAIL.match(value):
+        raise ValueError(f"'{value}' is neither a systemuserid nor an email address")
+    return value.lower()
+
+
+def _domain(value: str) -> str:
+    if "@" in value or "." not in value or " " in value:
+        raise ValueError(f"'{value}' is not a domain such as contoso.com")
+    return value.lower().lstrip(".")
+
+
+Guid = Annotated[str, AfterValidator(_guid)]
+EmailAddress = Annotated[str, AfterValidator(_email)]
+UserRef = Annotated[str, AfterValidator(_user)]
+DomainName = Annotated[str, AfterValidator(_domain)]
+
+
+class Organization(_Strict):
+    id: Guid = Field(
+        description="The organization's id (OrganizationId in every message; Settings > "
+        "Developer resources). Messages from any other organization are rejected."
+    )
+    name: str | None = Field(None, description="A display name, used in notifications.")
+
+
+DeliveryValue = str | int
+
+
+def _delivery(column: Column, value: DeliveryValue | None) -> int | str | None:
+    """A readable name or a number -> the number, keeping `organization_default` as is."""
+    if value is None or value == ORGANIZATION_DEFAULT:
+        return value
+    names = DELIVERY_METHODS[column]
+    if isinstance(value, bool):
+        raise ValueError("expected a delivery method name or number, found true/false")
+    if isinstance(value, int):
+        if value not in names.values():
+            allowed = ", ".join(f"{n} ({v})" for n, v in names.items())
+            raise ValueError(f"{value} is not a delivery method for this column; use {allowed}")
+        return value
+    if value not in names:
+        allowed = ", ".join(names) + f", {ORGANIZATION_DEFAULT}"
+        raise ValueError(
+            f"'{value}' is not a delivery method for this column; use one of {allowed}"
+        )
+    return names[value]
+
+
+class DeliveryMethodsRule(_Strict):
+    """Server-side sync's recommended defaults are 2 / 2 / 1 (server_side_sync for all three)."""
+
+    mode: Mode | None = Field(None, description="Overrides the policy's mode for this rule.")
+    incoming_email: DeliveryValue | None = Field(
+        None,
+        description="server_side_sync, outlook, forward_mailbox, none, a number, or "
+        "organization_default (read from the organization's email settings at run time). "
+        "Leave out to not govern the column.",
+    )
+    outgoing_email: DeliveryValue | None = Field(
+        None, description="server_side_sync, outlook, none, a number, or organization_default."
+    )
+    appointments_contacts_tasks: DeliveryValue | None = Field(
+        None, description="server_side_sync, outlook, none, a number, or organization_default."
+    )
+
+    @field_validator("incoming_email")
+    @classmethod
+    def _incoming(cls, value: DeliveryValue | None) -> int | str | None:
+        return _delivery(Column.INCOMING, value)
+
+    @field_validator("outgoing_email")
+    @classmethod
+    def _outgoing(cls, value: DeliveryValue | None) -> int | str | None:
+        return _delivery(Column.OUTGOING, value)
+
+    @field_validator("appointments_contacts_tasks")
+    @classmethod
+    def _act(cls, value: DeliveryValue | None) -> int | str | None:
+        return _delivery(Column.ACT, value)
+
+    def expected(self) -> dict[Column, int | str]:
+        """Governed columns -> number, or ORGANIZATION_DEFAULT."""
+        pairs = (
+            (Column.INCOMING, self.incoming_email),
+            (Column.OUTGOING, self.outgoing_email),
+            (Column.ACT, self.appointments_contacts_tasks),
+        )
+        return {column: value for column, value in pairs if value is not None}
+
+
+class EmailAddressRule(_Strict):
+    mode: Mode | None = Field(None, description="Overrides the policy's mode for this rule.")
+    changes: Literal["forbidden", "allowed"] = Field(
+        "forbidden",
+        description="forbidden: a change by anyone not exempt is reverted to the previous "
+        "address (this is what stops a user from pointing their mailbox at an executive's).",
+    )
+    allowed_domains: tuple[DomainName, ...] = Field(
+        (), description="If set, an address must be in one of these domains (e.g. contoso.com)."
+    )
+    must_match_owner: bool = Field(
+        False,
+        description="A user mailbox's address must be its owner's primary email (looked up "
+        "live; offline replay reports this check as not verifiable).",
+    )
+    restore_approval: bool = Field(
+        False,
+        description="After reverting an address, set emailrouteraccessapproval back to Approved "
+        "(the guardrail's application user needs the approve-email privileges).",
+    )
+
+
+class ServerProfileRule(_Strict):
+    mode: Mode | None = Field(None, description="Overrides the policy's mode for this rule.")
+    expected: str = Field(
+        ORGANIZATION_DEFAULT,
+        description="organization_default (the organization's default server profile, read at "
+        "run time) or an emailserverprofile id.",
+    )
+
+    @field_validator("expected")
+    @classmethod
+    def _expected(cls, value: str) -> str:
+        if value != ORGANIZATION_DEFAULT and not is_guid(value):
+            raise ValueError(f"'{value}' is neither {ORGANIZATION_DEFAULT} nor a GUID")
+        return value.lower()
+
+
+class Rules(_Strict):
+    delivery_methods: DeliveryMethodsRule | None = None
+    email_address: EmailAddressRule | None = None
+    server_profile: ServerProfileRule | None = None
+
+
+class Exemptions(_Strict):
+    mailboxes: tuple[Guid, ...] = Field((), description="Mailbox ids never governed.")
+    users: tuple[UserRef, ...] = Field(
+        (),
+        description="Users whose changes are not governed, by systemuserid or primary email.",
+    )
+    security_roles: tuple[str, ...] = Field(
+        (), description="Changes by holders of these roles (by name or id) are not governed."
+    )
+
+
+def parse_duration(value: str | int) -> int:
+    if isinstance(value, int):
+        return value
+    match = _DURATION.match(value.strip())
+    if match is None:
+        raise ValueError(f"'{value}' is not a duration such as 30m, 1h or 1d")
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+class Throttle(_Strict):
+    max_per_mailbox: int = Field(3, ge=1, description="Notifications per mailbox per window.")
+    window: Annotated[str | int, Field(description="e.g. 1h, 30m, 1d, or seconds.")] = "1h"
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str | int) -> str | int:
+        if parse_duration(value) <= 0:
+            raise ValueError("the window must be longer than zero")
+        return value
+
+    @property
+    def window_seconds(self) -> int:
+        return parse_duration(self.window)
+
+
+class Notifications(_Strict):
+    enabled: bool = True
+    sender: EmailAddress | None = Field(
+        None, description="The mailbox Graph sends from (needs Mail.Send for the app)."
+    )
+    notify_owner: bool = Field(
+        True, description="Mail the mailbox's owner at their directory address."
+    )
+    extra_recipients: tuple[EmailAddress, ...] = Field(
+        (), description="Copied on every notification; in audit mode, the only recipients."
+    )
+    subject: str = "Your Dynamics 365 mailbox settings were changed back"
+    template: str | None = Field(
+        None,
+        description="HTML body with $placeholders: " + ", ".join(sorted(TEMPLATE_FIELDS)) + ". "
+        "Every value is HTML-escaped. Leave out for the built-in template.",
+    )
+    throttle: Throttle = Throttle()
+
+    @field_validator("subject", "template")
+    @classmethod
+    def _placeholders(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_template(value)
+        return value
+
+    @model_validator(mode="after")
+    def _needs_sender(self) -> Notifications:
+        if self.enabled and self.sender is None:
+            raise ValueError("notifications are enabled but no sender is set")
+        return self
+
+
+def check_template(text: str) -> None:
+    template = string.Template(text)
+    if not template.is_valid():
+        raise ValueError("the template has a '$' that starts no placeholder; write '$$' for '$'")
+    unknown = set(template.get_identifiers()) - TEMPLATE_FIELDS
+    if unknown:
+        raise ValueError(
+            "unknown placeholder(s) "
+            + ", ".join(f"${name}" for name in sorted(unknown))
+            + "; available: "
+            + ", ".join(f"${name}" for name in sorted(TEMPLATE_FIELDS))
+        )
+
+
+class Policy(_Strict):
+    """A Mailbox Guardrails policy."""
+
+    version: Literal[1] = Field(description="The policy format version; 1.")
+    organization: Organization
+    mode: Mode = Field(
+        Mode.ENFORCE, description="enforce: revert and notify. audit: record and notify admins."
+    )
+    scope: Scope = Field(Scope.USER_MAILBOXES, description="Which mailboxes are governed.")
+    rules: Rules
+    exemptions: Exemptions = Exemptions()
+    notifications: Notifications = Notifications(enabled=False)
+
+    def mode_of(self, rule: DeliveryMethodsRule | EmailAddressRule | ServerProfileRule) -> Mode:
+        return rule.mode or self.mode
+
+    @model_validator(mode="after")
+    def _has_rules(self) -> Policy:
+        rules = self.rules
+        if (
+            rules.delivery_methods is None
+            and rules.email_address is None
+            and (rules.server_profile is None)
+        ):
+            raise ValueError("the policy has no rules: set at least one under 'rules'")
+        return self

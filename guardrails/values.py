@@ -1,0 +1,260 @@
+"""Typed values of the Dataverse data contract, as serialized in a JSON RemoteExecutionContext.
+
+Values stay plain where JSON already says enough (str, int, float, bool, None); the contract's
+wrapped types become small frozen dataclasses so that comparisons between a Target and an image
+are exact and a lookup never compares equal to a bare GUID string by accident.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeAlias
+
+
+class ContractError(ValueError):
+    """A value does not have the shape the data contract gives it; `path` says where."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSetValue:
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSetValues:
+    """A multi-select choice; order carries no meaning, so equality ignores it."""
+
+    values: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    value: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class EntityReference:
+    logical_name: str
+    id: str
+    name: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    logical_name: str
+    id: str
+    attributes: Mapping[str, Value]
+    formatted_values: Mapping[str, str] = field(default_factory=dict, compare=False)
+    row_version: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityCollection:
+    entity_name: str | None
+    entities: tuple[Entity, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownValue:
+    """A wrapped value of a type this worker does not know; kept so nothing is lost."""
+
+    type_name: str
+    raw: Any = field(compare=False)
+
+
+Value: TypeAlias = (
+    str
+    | int
+    | float
+    | bool
+    | datetime
+    | OptionSetValue
+    | OptionSetValues
+    | Money
+    | EntityReference
+    | Entity
+    | EntityCollection
+    | UnknownValue
+    | tuple[Any, ...]
+    | None
+)
+
+# "/Date(1506409448000-0700)/": epoch milliseconds (UTC); the offset only says where it was taken.
+_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_date(text: str) -> datetime | None:
+    """The instant a WCF JSON date names, or None when `text` is not one."""
+    match = _DATE.match(text)
+    if match is None:
+        return None
+    try:
+        return _EPOCH + timedelta(milliseconds=int(match.group(1)))
+    except OverflowError:
+        return None
+
+
+def _contract_type(type_name: str) -> str:
+    # "OptionSetValue:http://schemas.microsoft.com/xrm/2011/Contracts" -> "OptionSetValue"
+    # "Guid:#System" -> "Guid"
+    return type_name.split(":", 1)[0]
+
+
+def _require_str(obj: Mapping[str, Any], key: str, path: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise ContractError(f"{path}.{key}", f"expected a string, found {_kind(value)}")
+    return value
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def decode_value(raw: Any, path: str = "value") -> Value:
+    """Decode one attribute value; raises ContractError for a malformed wrapped value."""
+    if raw is None or isinstance(raw, bool | int | float):
+        return raw
+    if isinstance(raw, str):
+        if raw.startswith("/Date("):
+            return parse_date(raw) or raw
+        return raw
+    if isinstance(raw, list):
+        return _decode_list(raw, path)
+    if isinstance(raw, dict):
+        return _decode_object(raw, path)
+    raise ContractError(path, f"unexpected JSON value of type {_kind(raw)}")
+
+
+def _decode_list(raw: list[Any], path: str) -> Value:
+    items = [decode_value(item, f"{path}[{i}]") for i, item in enumerate(raw)]
+    choices = [item for item in items if isinstance(item, OptionSetValue)]
+    if items and len(choices) == len(items):
+        return OptionSetValues(frozenset(choice.value for choice in choices))
+    return tuple(items)
+
+
+def _decode_object(raw: dict[str, Any], path: str) -> Value:
+    type_name = raw.get("__type")
+    if not isinstance(type_name, str):
+        # Images and OwningExtension are serialized without __type.
+        if "Attributes" in raw:
+            return decode_entity(raw, path)
+        if "LogicalName" in raw and "Id" in raw:
+            return decode_reference(raw, path)
+        return UnknownValue("object", raw)
+    kind = _contract_type(type_name)
+    if kind == "OptionSetValue":
+        number = raw.get("Value")
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise ContractError(f"{path}.Value", f"expected an integer, found {_kind(number)}")
+        return OptionSetValue(number)
+    if kind == "Money":
+        return Money(_decimal(raw.get("Value"), f"{path}.Value"))
+    if kind == "EntityReference":
+        return decode_reference(raw, path)
+    if kind == "Entity":
+        return decode_entity(raw, path)
+    if kind == "EntityCollection":
+        entities = raw.get("Entities")
+        if not isinstance(entities, list):
+            raise ContractError(f"{path}.Entities", f"expected an array, found {_kind(entities)}")
+        name = raw.get("EntityName")
+        return EntityCollection(
+            name if isinstance(name, str) else None,
+            tuple(decode_entity(e, f"{path}.Entities[{i}]") for i, e in enumerate(entities)),
+        )
+    if "__value" in raw:  # "Guid:#System" / "DateTime:#System" wrappers seen in an old capture
+        return decode_value(raw["__value"], f"{path}.__value")
+    return UnknownValue(type_name, raw)
+
+
+def _decimal(raw: object, path: str) -> Decimal:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ContractError(path, f"expected a number, found {_kind(raw)}")
+    try:
+        return Decimal(str(raw))
+    except InvalidOperation as exc:
+        raise ContractError(path, f"expected a number, found {raw!r}") from exc
+
+
+def decode_reference(raw: Any, path: str) -> EntityReference:
+    if not isinstance(raw, dict):
+        raise ContractError(path, f"expected an EntityReference object, found {_kind(raw)}")
+    name = raw.get("Name")
+    return EntityReference(
+        logical_name=_require_str(raw, "LogicalName", path),
+        id=_require_str(raw, "Id", path).lower(),
+        name=name if isinstance(name, str) else None,
+    )
+
+
+def decode_pairs(raw: Any, path: str) -> list[tuple[str, Any]]:
+    """The contract's collections are arrays of {"key", "value"} objects, not JSON objects."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ContractError(path, f"expected an array of key/value pairs, found {_kind(raw)}")
+    pairs: list[tuple[str, Any]] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+            raise ContractError(f"{path}[{i}]", "expected an object with a string 'key'")
+        pairs.append((item["key"], item.get("value")))
+    return pairs
+
+
+def decode_entity(raw: Any, path: str) -> Entity:
+    if not isinstance(raw, dict):
+        raise ContractError(path, f"expected an Entity object, found {_kind(raw)}")
+    attributes = {
+        key: decode_value(value, f"{path}.Attributes[{key}]")
+        for key, value in decode_pairs(raw.get("Attributes"), f"{path}.Attributes")
+    }
+    formatted = {
+        key: value
+        for key, value in decode_pairs(raw.get("FormattedValues"), f"{path}.FormattedValues")
+        if isinstance(value, str)
+    }
+    logical_name = raw.get("LogicalName")
+    entity_id = raw.get("Id")
+    row_version = raw.get("RowVersion")
+    return Entity(
+        logical_name=logical_name if isinstance(logical_name, str) else "",
+        id=entity_id.lower() if isinstance(entity_id, str) else "",
+        attributes=attributes,
+        formatted_values=formatted,
+        row_version=str(row_version) if isinstance(row_version, str | int) else None,
+    )
+
+
+def to_json(value: Value) -> Any:
+    """A JSON-friendly rendering for audit records and `--format json`."""
+    if isinstance(value, OptionSetValue):
+        return value.value
+    if isinstance(value, OptionSetValues):
+        return sorted(value.values)
+    if isinstance(value, Money):
+        return str(value.value)
+    if isinstance(value, EntityReference):
+        return {"logical_name": value.logical_name, "id": value.id}
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, Entity):
+        return {"logical_name": value.logical_name, "id": value.id}
+    if isinstance(value, EntityCollection):
+        return [to_json(e) for e in value.entities]
+    if isinstance(value, UnknownValue):
+        return {"__type": value.type_name}
+    if isinstance(value, tuple):
+        return [to_json(v) for v in value]
+    return value
