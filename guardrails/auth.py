@@ -1,0 +1,127 @@
+"""Access tokens through MSAL: client secret, certificate, or managed identity.
+
+MSAL caches and refreshes tokens itself; this wrapper adds a forced refresh (after a 401) and
+builds the MSAL application lazily, because constructing one already talks to the authority and
+start-up must not depend on the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Any, Protocol
+
+import msal
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from guardrails.errors import AuthenticationError, ConfigurationError
+from guardrails.settings import Credentials
+
+
+class TokenProvider(Protocol):
+    def token(self, scope: str, *, force_refresh: bool = False) -> str: ...
+
+
+def certificate_credential(pem: bytes, password: str | None = None) -> dict[str, str]:
+    """MSAL's certificate credential from one PEM holding the private key and the certificate."""
+    try:
+        key = serialization.load_pem_private_key(
+            pem, password=password.encode() if password else None
+        )
+        certificate = x509.load_pem_x509_certificate(pem)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            [
+                "AZURE_CLIENT_CERTIFICATE_PATH must be one PEM file with the private key and "
+                "the certificate (and AZURE_CLIENT_CERTIFICATE_PASSWORD if the key is "
+                f"encrypted): {exc}"
+            ]
+        ) from exc
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    return {
+        "private_key": key_pem.decode(),
+        "thumbprint": hashlib.sha1(der, usedforsecurity=False).hexdigest().upper(),
+    }
+
+
+class MsalTokenProvider:
+    """One provider per app: thread-safe, tokens cached by MSAL per scope."""
+
+    def __init__(
+        self, credentials: Credentials, *, session: requests.Session, timeout: float = 30.0
+    ) -> None:
+        self._credentials = credentials
+        self._session = session
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._app: Any = None
+
+    @property
+    def kind(self) -> str:
+        return self._credentials.kind
+
+    def _application(self, *, fresh: bool = False) -> Any:
+        with self._lock:
+            if self._app is None or fresh:
+                self._app = self._build()
+            return self._app
+
+    def _build(self) -> Any:
+        creds = self._credentials
+        if creds.kind == "managed_identity":
+            identity: Any = (
+                msal.UserAssignedManagedIdentity(client_id=creds.client_id)
+                if creds.client_id
+                else msal.SystemAssignedManagedIdentity()
+            )
+            return msal.ManagedIdentityClient(identity, http_client=self._session)
+        if creds.kind == "certificate":
+            assert creds.certificate_path is not None
+            secret: Any = certificate_credential(
+                creds.certificate_path.read_bytes(), creds.certificate_password
+            )
+        else:
+            secret = creds.client_secret
+        try:
+            return msal.ConfidentialClientApplication(
+                creds.client_id,
+                client_credential=secret,
+                authority=creds.authority,
+                instance_discovery=creds.instance_discovery,
+                http_client=self._session,
+                timeout=self._timeout,
+            )
+        except (ValueError, requests.RequestException) as exc:
+            raise AuthenticationError(
+                f"cannot reach the authority {creds.authority} ({exc}); check "
+                "AZURE_AUTHORITY_HOST and AZURE_TENANT_ID"
+            ) from exc
+
+    def token(self, scope: str, *, force_refresh: bool = False) -> str:
+        try:
+            if self._credentials.kind == "managed_identity":
+                # A fresh client has an empty cache: the only way to skip a cached token.
+                client = self._application(fresh=force_refresh)
+                result = client.acquire_token_for_client(resource=scope.removesuffix("/.default"))
+            else:
+                app = self._application()
+                if force_refresh:
+                    app.remove_tokens_for_client()
+                result = app.acquire_token_for_client(scopes=[scope])
+        except (requests.RequestException, msal.ManagedIdentityError, ValueError) as exc:
+            raise AuthenticationError(f"no token for {scope}: {exc}") from exc
+        if not isinstance(result, dict) or "access_token" not in result:
+            details = result if isinstance(result, dict) else {}
+            code = details.get("error")
+            text = details.get("error_description") or code or "no access token in the response"
+            raise AuthenticationError(
+                f"no token for {scope} ({self.kind}): {text}", code=str(code) if code else None
+            )
+        return str(result["access_token"])

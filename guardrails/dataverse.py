@@ -1,0 +1,261 @@
+"""Dataverse Web API v9.2: the only place the guardrail talks to Dataverse.
+
+Reads that rarely change (who the app is, users, their roles, the organization's email settings)
+are cached for a few minutes, so a burst of events costs one look-up each, not one per message.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import requests
+
+from guardrails.auth import TokenProvider
+from guardrails.engine import UserFacts
+from guardrails.errors import PermanentServiceError
+from guardrails.http import ApiClient, RetryPolicy
+from guardrails.mailbox import GUARDRAIL_TAG, Column, MailboxState
+from guardrails.values import EntityReference, Value
+
+API = "api/data/v9.2"
+LOOKUP_ANNOTATION = "Microsoft.Dynamics.CRM.lookuplogicalname"
+_HEADERS = {
+    "Accept": "application/json",
+    "OData-MaxVersion": "4.0",
+    "OData-Version": "4.0",
+}
+MAILBOX_COLUMNS = (
+    "mailboxid",
+    "name",
+    "emailaddress",
+    "incomingemaildeliverymethod",
+    "outgoingemaildeliverymethod",
+    "actdeliverymethod",
+    "emailrouteraccessapproval",
+    "_emailserverprofile_value",
+    "_regardingobjectid_value",
+    "_ownerid_value",
+)
+_EMAIL_SETTING = {
+    Column.INCOMING: "IncomingEmailDeliveryMethod",
+    Column.OUTGOING: "OutgoingEmailDeliveryMethod",
+    Column.ACT: "ACTDeliveryMethod",
+}
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._items: dict[K, tuple[float, V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: K, load: Callable[[], V]) -> V:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] > self._clock():
+                return hit[1]
+        value = load()
+        with self._lock:
+            self._items[key] = (self._clock() + self._ttl, value)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class WhoAmI:
+    user_id: str
+    business_unit_id: str
+    organization_id: str
+
+
+def etag_for(row_version: str) -> str:
+    return f'W/"{row_version}"'
+
+
+def _lookup(row: Mapping[str, Any], column: str) -> EntityReference | None:
+    value = row.get(f"_{column}_value")
+    if not isinstance(value, str):
+        return None
+    logical = row.get(f"_{column}_value@{LOOKUP_ANNOTATION}")
+    return EntityReference(logical if isinstance(logical, str) else "", value.lower())
+
+
+def mailbox_state(row: Mapping[str, Any]) -> MailboxState:
+    """A Web API mailbox row -> the typed state decisions use."""
+    values: dict[Column, Value] = {}
+    for column in (Column.INCOMING, Column.OUTGOING, Column.ACT, Column.EMAIL):
+        if column.value in row:
+            values[column] = row[column.value]
+    if "_emailserverprofile_value" in row:
+        profile = _lookup(row, "emailserverprofile")
+        values[Column.SERVER_PROFILE] = (
+            EntityReference("emailserverprofile", profile.id) if profile else None
+        )
+    regarding = _lookup(row, "regardingobjectid")
+    owner = _lookup(row, "ownerid")
+    name = row.get("name")
+    etag = row.get("@odata.etag")
+    return MailboxState(
+        mailbox_id=str(row.get("mailboxid", "")).lower(),
+        values=values,
+        etag=etag if isinstance(etag, str) else None,
+        regarding=regarding,
+        owner=owner,
+        name=name if isinstance(name, str) else None,
+    )
+
+
+def parse_email_settings(xml: str | None) -> dict[Column, int]:
+    """organization.defaultemailsettings; its exact online format is unconfirmed, so tolerant."""
+    found: dict[Column, int] = {}
+    for column, element in _EMAIL_SETTING.items():
+        match = re.search(rf"<{element}>\s*(\d+)\s*</{element}>", xml or "", re.IGNORECASE)
+        if match:
+            found[column] = int(match.group(1))
+    return found
+
+
+class DataverseClient(ApiClient):
+    service = "Dataverse"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        tokens: TokenProvider,
+        session: requests.Session,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        cache_ttl: float = 300.0,
+    ) -> None:
+        super().__init__(
+            f"{base_url.rstrip('/')}/{API}",
+            scope=f"{base_url.rstrip('/')}/.default",
+            tokens=tokens,
+            session=session,
+            timeout=timeout,
+            retry=retry,
+            sleep=sleep,
+            default_headers=_HEADERS,
+        )
+        self._whoami: WhoAmI | None = None
+        self._users: TtlCache[str, UserFacts] = TtlCache(cache_ttl)
+        self._roles: TtlCache[str, tuple[frozenset[str], frozenset[str]]] = TtlCache(cache_ttl)
+        self._org: TtlCache[str, dict[Column, int | str]] = TtlCache(cache_ttl)
+
+    def whoami(self) -> WhoAmI:
+        """The app's own systemuserid; it never changes while the process lives."""
+        if self._whoami is None:
+            data = self.request("GET", "WhoAmI").json()
+            self._whoami = WhoAmI(
+                user_id=str(data["UserId"]).lower(),
+                business_unit_id=str(data.get("BusinessUnitId", "")).lower(),
+                organization_id=str(data.get("OrganizationId", "")).lower(),
+            )
+        return self._whoami
+
+    def get_mailbox(self, mailbox_id: str) -> MailboxState:
+        response = self.request(
+            "GET",
+            f"mailboxes({mailbox_id})",
+            params={"$select": ",".join(MAILBOX_COLUMNS)},
+            headers={"Prefer": f'odata.include-annotations="{LOOKUP_ANNOTATION}"'},
+        )
+        state = mailbox_state(response.json())
+        if state.etag is None:
+            raise PermanentServiceError(
+                self.service, f"mailbox {mailbox_id} was returned without an @odata.etag"
+            )
+        return state
+
+    def update_mailbox(
+        self,
+        mailbox_id: str,
+        body: Mapping[str, object],
+        *,
+        etag: str,
+        tag: str = GUARDRAIL_TAG,
+    ) -> None:
+        """PATCH only `body`; If-Match makes a concurrent change a 412 instead of a lost update.
+
+        `tag` reaches the operation's shared variables, so the guardrail knows its own write.
+        """
+        self.request(
+            "PATCH",
+            f"mailboxes({mailbox_id})",
+            params={"tag": tag},
+            json=dict(body),
+            headers={"If-Match": etag, "Content-Type": "application/json"},
+            expect=(204, 200),
+        )
+
+    def get_user(self, user_id: str, *, with_roles: bool = False) -> UserFacts:
+        user = self._users.get(user_id.lower(), lambda: self._load_user(user_id))
+        if not with_roles:
+            return user
+        role_ids, role_names = self._roles.get(user_id.lower(), lambda: self._load_roles(user_id))
+        return UserFacts(
+            id=user.id,
+            email=user.email,
+            name=user.name,
+            role_ids=role_ids,
+            role_names=role_names,
+            disabled=user.disabled,
+        )
+
+    def _load_user(self, user_id: str) -> UserFacts:
+        data = self.request(
+            "GET",
+            f"systemusers({user_id})",
+            params={"$select": "fullname,internalemailaddress,domainname,isdisabled"},
+        ).json()
+        email = data.get("internalemailaddress") or None
+        return UserFacts(
+            id=user_id.lower(),
+            email=str(email) if email else None,
+            name=data.get("fullname") or data.get("domainname"),
+            disabled=bool(data.get("isdisabled")),
+        )
+
+    def _load_roles(self, user_id: str) -> tuple[frozenset[str], frozenset[str]]:
+        data = self.request(
+            "GET",
+            f"systemusers({user_id})/systemuserroles_association",
+            params={"$select": "name,roleid"},
+        ).json()
+        rows = [row for row in data.get("value", []) if isinstance(row, dict)]
+        return (
+            frozenset(str(row["roleid"]).lower() for row in rows if row.get("roleid")),
+            frozenset(str(row["name"]).lower() for row in rows if row.get("name")),
+        )
+
+    def organization_defaults(self) -> dict[Column, int | str]:
+        """Settings > Email > Email settings: delivery methods and the default server profile."""
+        return self._org.get("org", self._load_organization)
+
+    def _load_organization(self) -> dict[Column, int | str]:
+        data = self.request(
+            "GET",
+            "organizations",
+            params={
+                "$select": "organizationid,defaultemailsettings,_defaultemailserverprofileid_value"
+            },
+        ).json()
+        rows = data.get("value") or [{}]
+        row = rows[0]
+        defaults: dict[Column, int | str] = dict(
+            parse_email_settings(row.get("defaultemailsettings"))
+        )
+        profile = row.get("_defaultemailserverprofileid_value")
+        if isinstance(profile, str):
+            defaults[Column.SERVER_PROFILE] = profile.lower()
+        return defaults

@@ -1,0 +1,281 @@
+"""Applies a decision: looks up what it lacked, writes only the difference, tells the owner.
+
+The same path serves enforcement and dry run: the plan is computed identically and the audit
+record is written either way; dry run only skips the write and the mail. Results are typed
+(Done, NothingToDo, RetryLater, GiveUp) so the caller chooses how to settle the message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from guardrails.audit import AuditSink, audit_record
+from guardrails.dataverse import DataverseClient, etag_for
+from guardrails.engine import Decision, Fact, Facts, Outcome, decide
+from guardrails.errors import (
+    AuthenticationError,
+    GuardrailsError,
+    NotFound,
+    PreconditionFailed,
+    ServiceError,
+)
+from guardrails.graph import Mail
+from guardrails.mailbox import GUARDRAIL_TAG, MailboxState, webapi_body
+from guardrails.message import ExecutionContext, Rejection, parse_message
+from guardrails.notify import NotificationThrottle, recipients, render
+from guardrails.policy.model import Policy
+
+APPROVED = 1
+DEFAULT_RETRY_DELAY = 30.0
+
+
+class Mailer(Protocol):
+    def send_mail(self, mail: Mail) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The decision was carried out (a write, a notification, or both)."""
+
+    decision: Decision
+    wrote: bool = False
+    notified: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NothingToDo:
+    decision: Decision | None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """May succeed later (throttling, an outage); `delay` is the wait the service asked for."""
+
+    reason: str
+    delay: float = DEFAULT_RETRY_DELAY
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Can never succeed as it is; `reason` says what a person must change."""
+
+    reason: str
+    decision: Decision | None = None
+
+
+Result = Done | NothingToDo | RetryLater | GiveUp
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one message has gathered so far; lives only while that message is processed."""
+
+    context: ExecutionContext
+    facts: Facts
+    state: MailboxState | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        dataverse: DataverseClient,
+        mailer: Mailer | None,
+        audit: AuditSink,
+        throttle: NotificationThrottle | None = None,
+        dry_run: bool = False,
+        max_conflicts: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.dataverse = dataverse
+        self.mailer = mailer
+        self.audit = audit
+        limits = policy.notifications.throttle
+        self.throttle = throttle or NotificationThrottle(
+            limits.max_per_mailbox, limits.window_seconds
+        )
+        self.dry_run = dry_run
+        self.max_conflicts = max_conflicts
+        self.clock = clock
+
+    def process(
+        self,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+    ) -> Result:
+        started = self.clock()
+        parsed = parse_message(body, properties, content_type)
+        result = self._run(parsed)
+        self.audit(
+            audit_record(
+                result,
+                message_id=message_id,
+                dry_run=self.dry_run,
+                duration_ms=round((self.clock() - started) * 1000, 1),
+            )
+        )
+        return result
+
+    def _run(self, parsed: ExecutionContext | Rejection) -> Result:
+        if isinstance(parsed, Rejection):
+            decision = decide(parsed, self.policy)
+            return GiveUp(decision.reason, decision)
+        decision = decide(parsed, self.policy)
+        if decision.outcome is Outcome.REJECTED:
+            return GiveUp(decision.reason, decision)
+        if decision.outcome is Outcome.IGNORED and decision.event is None:
+            return NothingToDo(decision, decision.reason)  # not a governed mailbox event
+        try:
+            return self._enforce(parsed)
+        except NotFound as exc:
+            return NothingToDo(None, f"The mailbox no longer exists ({exc.message}).")
+        except (AuthenticationError, ServiceError) as exc:
+            if getattr(exc, "retryable", False):
+                delay = getattr(exc, "retry_after", None) or DEFAULT_RETRY_DELAY
+                return RetryLater(str(exc), delay)
+            return GiveUp(f"{exc}", None)
+
+    def _enforce(self, context: ExecutionContext) -> Result:
+        attempt = _Attempt(context, Facts(guardrail_user_id=self.dataverse.whoami().user_id))
+        decision = self._decide(attempt)
+        if decision.outcome is not Outcome.VIOLATION:
+            return NothingToDo(decision, decision.reason)
+        wrote = False
+        if decision.patch and not self.dry_run:
+            decision, wrote = self._write(attempt, decision)
+            if decision.outcome is not Outcome.VIOLATION:
+                return NothingToDo(decision, decision.reason)
+        notified = self._notify(attempt, decision, wrote=wrote)
+        if wrote and decision.restore_approval:
+            self.dataverse.update_mailbox(
+                context.primary_entity_id, {"emailrouteraccessapproval": APPROVED}, etag="*"
+            )
+        return Done(decision, wrote=wrote, notified=notified, errors=tuple(attempt.errors))
+
+    def _decide(self, attempt: _Attempt) -> Decision:
+        """Decide, look up what the decision could not verify, decide again (bounded)."""
+        decision = decide(attempt.context, self.policy, attempt.facts, attempt.state)
+        for _ in range(len(Fact)):
+            if not self._resolve(attempt, decision):
+                break
+            decision = decide(attempt.context, self.policy, attempt.facts, attempt.state)
+        return decision
+
+    def _resolve(self, attempt: _Attempt, decision: Decision) -> bool:
+        """Look up the facts `decision` lacked; False when nothing more can be learned."""
+        facts = attempt.facts
+        learned = False
+        for fact in decision.unverified:
+            if fact is Fact.MAILBOX_STATE and attempt.state is None:
+                attempt.state = self.dataverse.get_mailbox(attempt.context.primary_entity_id)
+                learned = True
+            elif fact is Fact.INITIATOR and facts.initiator is None:
+                user_id = attempt.context.initiating_user_id
+                if user_id:
+                    facts = replace(
+                        facts, initiator=self.dataverse.get_user(user_id, with_roles=True)
+                    )
+                    learned = True
+            elif (
+                fact is Fact.OWNER
+                and decision.owner_user_id
+                and (facts.owner is None or facts.owner.id != decision.owner_user_id)
+            ):
+                facts = replace(facts, owner=self.dataverse.get_user(decision.owner_user_id))
+                learned = True
+            elif fact is Fact.ORGANIZATION_DEFAULTS and facts.organization_defaults is None:
+                facts = replace(facts, organization_defaults=self.dataverse.organization_defaults())
+                learned = True
+        attempt.facts = facts
+        return learned
+
+    def _write(self, attempt: _Attempt, decision: Decision) -> tuple[Decision, bool]:
+        """PATCH with If-Match; on 412 read the row, decide again, and retry (bounded)."""
+        mailbox_id = attempt.context.primary_entity_id
+        event = decision.event
+        if attempt.state is not None and attempt.state.etag:
+            etag = attempt.state.etag
+        elif event is not None and event.row_version and not event.incomplete:
+            etag = etag_for(event.row_version)
+        else:
+            attempt.state = self.dataverse.get_mailbox(mailbox_id)
+            decision = self._decide(attempt)
+            etag = attempt.state.etag or "*"
+        for _ in range(self.max_conflicts):
+            if not decision.patch:
+                return decision, False
+            try:
+                self.dataverse.update_mailbox(
+                    mailbox_id, webapi_body(decision.patch), etag=etag, tag=GUARDRAIL_TAG
+                )
+                return decision, True
+            except PreconditionFailed:
+                # Someone changed the row since: never overwrite blindly, look again.
+                attempt.state = self.dataverse.get_mailbox(mailbox_id)
+                decision = self._decide(attempt)
+                etag = attempt.state.etag or "*"
+        raise _Conflict(mailbox_id, self.max_conflicts)
+
+    def _notify(self, attempt: _Attempt, decision: Decision, *, wrote: bool) -> tuple[str, ...]:
+        settings = self.policy.notifications
+        if not settings.enabled or self.mailer is None or settings.sender is None:
+            return ()
+        owner = attempt.facts.owner
+        if (
+            decision.notify_owner
+            and decision.owner_user_id
+            and (owner is None or owner.id != decision.owner_user_id)
+        ):
+            owner = self.dataverse.get_user(decision.owner_user_id)
+        to = recipients(decision, owner.email if owner else None)
+        if to is None or self.dry_run:
+            return ()
+        mailbox_id = decision.mailbox_id or ""
+        if not self.throttle.allow(mailbox_id):
+            return ()
+        initiator = attempt.facts.initiator
+        subject, html = render(
+            decision,
+            settings,
+            owner_name=owner.name if owner else None,
+            owner_email=owner.email if owner else None,
+            initiator=(initiator.name or initiator.email) if initiator else None,
+            organization_name=self.policy.organization.name,
+            mailbox_name=(attempt.state.name if attempt.state else None)
+            or (decision.event.name if decision.event else None),
+            wrote=wrote,
+        )
+        mail = Mail(sender=settings.sender, to=to.to, cc=to.cc, subject=subject, html=html)
+        try:
+            self.mailer.send_mail(mail)
+        except GuardrailsError as exc:
+            # The revert stands; a redelivery would find the row compliant and not mail again,
+            # so the failure is recorded rather than retried.
+            attempt.errors.append(f"notification failed: {exc}")
+            return ()
+        return (*to.to, *to.cc)
+
+
+class _Conflict(ServiceError):
+    """The row kept changing under the guardrail; try the whole message again later."""
+
+    retryable = True
+
+    def __init__(self, mailbox_id: str, attempts: int) -> None:
+        super().__init__(
+            "Dataverse",
+            f"mailbox {mailbox_id} changed during each of {attempts} attempts to write it",
+            status=412,
+        )

@@ -1,0 +1,201 @@
+"""One request path for every service: token, timeout, 401 refresh, back-off, typed errors.
+
+Retry policy is data (RetryPolicy), and errors are types that say whether a retry can help. A
+wait longer than the policy allows in-process is not slept through: it surfaces as Throttled with
+the service's Retry-After, for the caller to reschedule without holding the message lock.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+
+from guardrails.auth import TokenProvider
+from guardrails.errors import (
+    AuthenticationError,
+    NotFound,
+    PermanentServiceError,
+    PreconditionFailed,
+    ServiceError,
+    Throttled,
+    TransientServiceError,
+)
+
+_TRANSIENT_STATUS = frozenset({408, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    # Retry-After up to this is waited out in-process; longer is handed to the caller.
+    max_retry_after: float = 20.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        backoff: float = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        return backoff * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not security
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class ApiClient:
+    """Base of the Dataverse and Graph clients; immutable once built, safe across threads."""
+
+    service = "service"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        scope: str,
+        tokens: TokenProvider,
+        session: requests.Session,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._scope = scope
+        self._tokens = tokens
+        self._session = session
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._headers = dict(default_headers or {})
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+
+    @property
+    def request_counts(self) -> Mapping[str, int]:
+        """Requests sent, by 'METHOD first-path-segment' (for benchmarks and tests)."""
+        with self._counts_lock:
+            return dict(self._counts)
+
+    def _count(self, method: str, path: str) -> None:
+        segment = path.split("?", 1)[0].split("(", 1)[0].split("/", 1)[0]
+        with self._counts_lock:
+            self._counts[f"{method} {segment}"] += 1
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        expect: tuple[int, ...] = (200,),
+    ) -> requests.Response:
+        url = f"{self.base_url}/{path}"
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            token = self._tokens.token(self._scope, force_refresh=refreshed)
+            all_headers = {**self._headers, **(headers or {}), "Authorization": f"Bearer {token}"}
+            self._count(method, path)
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    headers=all_headers,
+                    timeout=self._timeout,
+                )
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                error: ServiceError = TransientServiceError(
+                    self.service, f"{type(exc).__name__}: {exc}", method=method, url=url
+                )
+            else:
+                if response.status_code in expect:
+                    return response
+                if response.status_code == 401 and not refreshed:
+                    refreshed = True  # the token may have been revoked or rotated: once
+                    attempt -= 1
+                    continue
+                error = self.error(response, method, url)
+            if not error.retryable or attempt >= self._retry.max_attempts:
+                raise error
+            wait = self._retry.delay(attempt, error.retry_after)
+            if wait > self._retry.max_retry_after:
+                raise error
+            self._sleep(wait)
+
+    def error(self, response: requests.Response, method: str, url: str) -> ServiceError:
+        code, message = _error_body(response)
+        status = response.status_code
+        kwargs: dict[str, Any] = {"status": status, "code": code, "method": method, "url": url}
+        if status == 401:
+            raise AuthenticationError(
+                f"{self.service} refused the app's token twice ({message}); check that the app "
+                "is an application user with a security role in this environment",
+                code=code,
+            )
+        if status == 429:
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            return Throttled(self.service, message, retry_after=retry_after, **kwargs)
+        if status == 404:
+            return NotFound(self.service, message, **kwargs)
+        if status == 412:
+            return PreconditionFailed(self.service, message, **kwargs)
+        if status in _TRANSIENT_STATUS:
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            return TransientServiceError(self.service, message, retry_after=retry_after, **kwargs)
+        return PermanentServiceError(self.service, message, **kwargs)
+
+
+def _error_body(response: requests.Response) -> tuple[str | None, str]:
+    """Dataverse's and Graph's error bodies share one shape: {"error": {"code", "message"}}."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        error = data["error"]
+        code = error.get("code")
+        message = error.get("message")
+        return (str(code) if code else None), str(message or response.reason or "error")
+    text = response.text.strip()[:500]
+    return None, text or str(response.reason or f"HTTP {response.status_code}")
+
+
+class _TimeoutSession(requests.Session):
+    """A session whose every request has a timeout, including those MSAL sends through it."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._default_timeout = timeout
+        self.headers["User-Agent"] = "mailbox-guardrails"
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._default_timeout
+        return super().request(method, url, *args, **kwargs)
+
+
+def new_session(timeout: float = 30.0) -> requests.Session:
+    return _TimeoutSession(timeout)
