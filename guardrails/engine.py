@@ -248,7 +248,7 @@ class _Decider:
         if user.email is not None and user.email.lower() in exemptions.users:
             return self.decision(Outcome.IGNORED, f"Changed by exempt user {user.email}.")
         for role in exemptions.security_roles:
-            if role in user.role_ids or role in user.role_names:
+            if role.lower() in user.role_ids or role.lower() in user.role_names:
                 return self.decision(
                     Outcome.IGNORED,
                     f"Changed by {user.email or user.id}, who holds exempt role '{role}'.",

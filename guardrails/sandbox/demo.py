@@ -1,0 +1,208 @@
+"""`guardrails demo`: the whole flow on a laptop, through the code the Azure Function runs.
+
+The sandbox stands in for Dataverse, Graph and the identity platform; the worker is built from
+app settings exactly as function_app.py builds it, and each message goes through Worker.handle.
+The demo checks its own story (rows reverted, mails sent, loops stopped) and exits non-zero if
+any of it did not happen.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from guardrails.errors import GuardrailsError
+from guardrails.executor import Done, Result
+from guardrails.sandbox.environment import QueuedMessage, Sandbox, patched_environ
+from guardrails.settings import load_settings
+from guardrails.worker import Worker, build_worker
+
+POLICY = """\
+version: 1
+organization:
+  id: {organization_id}
+  name: Contoso
+mode: enforce
+scope: user_mailboxes
+rules:
+  delivery_methods:
+    incoming_email: server_side_sync
+    outgoing_email: server_side_sync
+    appointments_contacts_tasks: server_side_sync
+  email_address:
+    changes: forbidden
+    restore_approval: true
+exemptions:
+  security_roles: [System Administrator]
+notifications:
+  enabled: true
+  sender: guardrails@contoso.com
+  notify_owner: true
+  extra_recipients: [secops@contoso.com]
+"""
+
+
+class _Story:
+    def __init__(
+        self, sandbox: Sandbox, worker: Worker, audit: list[dict[str, Any]], out: TextIO
+    ) -> None:
+        self.sandbox = sandbox
+        self.worker = worker
+        self.audit = audit
+        self.out = out
+        self.failures: list[str] = []
+        self.handled = 0
+
+    def say(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+
+    def expect(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.failures.append(what)
+            self.say(f"   !! expected: {what}")
+
+    def deliver(self, max_rounds: int = 5) -> list[Result]:
+        """Hand every message Dataverse posts to the worker, as Service Bus would, until quiet.
+
+        The guardrail's own writes post messages too; a loop would never go quiet.
+        """
+        results: list[Result] = []
+        for _ in range(max_rounds):
+            messages = self.sandbox.take()
+            if not messages:
+                return results
+            results.extend(self.handle(message) for message in messages)
+        self.expect(False, f"quiet after {max_rounds} rounds (the guardrail is looping)")
+        return results
+
+    def handle(self, message: QueuedMessage) -> Result:
+        dataverse = self.sandbox.dataverse
+        writer = dataverse.user(message.write.user_id) or {}
+        changed = ", ".join(sorted(k for k in message.write.requested if "@" not in k))
+        self.say(
+            f"   Service Bus -> function: Update of mailbox '{message.write.before.get('name')}'"
+            f" by {writer.get('fullname', message.write.user_id)} ({changed})"
+        )
+        patches_before = len(dataverse.find_requests(method="PATCH"))
+        mails_before = len(self.sandbox.graph.sent)
+        try:
+            result = self.worker.handle(
+                message.body, message_id=message.message_id, properties=message.properties
+            )
+        except GuardrailsError as exc:
+            self.failures.append(f"message {message.message_id} failed: {exc}")
+            self.say(f"   !! {exc}")
+            raise
+        self.handled += 1
+        decision = result.decision
+        if decision is not None:
+            self.say(f"   decision: {decision.outcome.value} - {decision.reason}")
+        for request in dataverse.find_requests(method="PATCH")[patches_before:]:
+            self.say(
+                f"   wrote:    PATCH {request.target.split('/v9.2/')[-1]}  "
+                f"If-Match: {request.headers.get('if-match')}  {json.dumps(request.json)}"
+                f"  -> {request.status}"
+            )
+        for mail in self.sandbox.graph.sent[mails_before:]:
+            cc = f" (cc {', '.join(mail.cc)})" if mail.cc else ""
+            self.say(f'   mailed:   {", ".join(mail.to)}{cc}: "{mail.subject}"')
+        return result
+
+    def row(self, mailbox_id: str) -> dict[str, Any]:
+        return self.sandbox.dataverse.mailbox(mailbox_id)
+
+    def show_row(self, mailbox_id: str) -> None:
+        row = self.row(mailbox_id)
+        self.say(
+            f"   row now:  {row.get('emailaddress')}"
+            f", incoming {row.get('incomingemaildeliverymethod')}"
+            f", outgoing {row.get('outgoingemaildeliverymethod')}"
+            f", appointments/contacts/tasks {row.get('actdeliverymethod')}"
+            f", approval {row.get('emailrouteraccessapproval')}"
+        )
+
+
+def run_demo(out: TextIO) -> int:
+    with Sandbox(organization_name="Contoso") as sandbox, tempfile.TemporaryDirectory() as tmp:
+        policy = Path(tmp) / "policy.yaml"
+        policy.write_text(POLICY.format(organization_id=sandbox.dataverse.organization_id))
+        with patched_environ(sandbox.environment(policy)):
+            audit: list[dict[str, Any]] = []
+            worker = build_worker(load_settings(), audit=audit.append)
+            return _play(_Story(sandbox, worker, audit, out))
+
+
+def _play(story: _Story) -> int:
+    sandbox = story.sandbox
+    dataverse = sandbox.dataverse
+    say = story.say
+    adele, adele_box = sandbox.add_person("Adele Vance", "adele@contoso.com")
+    alex, alex_box = sandbox.add_person("Alex Wilber", "alex@contoso.com")
+    sandbox.add_person("Megan Bowen (CEO)", "megan.ceo@contoso.com")
+    admin, _ = sandbox.add_person(
+        "Isaiah Langer (admin)", "isaiah@contoso.com", roles=("System Administrator",)
+    )
+    say("Mailbox Guardrails demo: a sandbox organization on loopback HTTPS, no Azure needed")
+    say(f"  Dataverse {dataverse.url}  Graph {sandbox.graph.url}  login {sandbox.identity.url}")
+    say("  policy: server-side sync 2 / 2 / 1, email address changes forbidden, enforce,")
+    say("          System Administrators exempt, mail the owner and cc secops@contoso.com")
+    say()
+
+    say("Each step: a change in Dataverse, the message its service endpoint posts, what the")
+    say("function decided, wrote and sent; then the guardrail's own write coming back.")
+    say()
+    say("1. Adele switches her incoming email to Forward Mailbox")
+    dataverse.update_mailbox_as(adele, adele_box, {"incomingemaildeliverymethod": 3})
+    results = story.deliver()
+    story.show_row(adele_box)
+    story.expect(story.row(adele_box)["incomingemaildeliverymethod"] == 2, "incoming reverted")
+    story.expect(_mailed(results, "adele@contoso.com"), "Adele told at her directory address")
+    story.expect(_own_write_ignored(results), "the revert came back and was left alone")
+    say()
+
+    say("2. Alex sets his mailbox's address to the CEO's")
+    dataverse.update_mailbox_as(alex, alex_box, {"emailaddress": "megan.ceo@contoso.com"})
+    results = story.deliver()
+    story.show_row(alex_box)
+    alex_row = story.row(alex_box)
+    story.expect(alex_row["emailaddress"] == "alex@contoso.com", "address reverted")
+    story.expect(alex_row["emailrouteraccessapproval"] == 1, "approval restored")
+    story.expect(_own_write_ignored(results), "both writes came back and were left alone")
+    story.expect(_mailed(results, "alex@contoso.com"), "Alex told, not the CEO")
+    story.expect(
+        all("megan.ceo@contoso.com" not in m.to for m in sandbox.graph.sent),
+        "nothing mailed to the address Alex typed",
+    )
+    say()
+
+    say("3. Isaiah, a System Administrator, moves Adele's outgoing email to Outlook")
+    dataverse.update_mailbox_as(admin, adele_box, {"outgoingemaildeliverymethod": 1})
+    results = story.deliver()
+    story.show_row(adele_box)
+    story.expect(story.row(adele_box)["outgoingemaildeliverymethod"] == 1, "admin change kept")
+    story.expect(not any(isinstance(r, Done) for r in results), "no write, no mail")
+    say()
+
+    patches = dataverse.find_requests(method="PATCH")
+    say(
+        f"Summary: {story.handled} messages handled, {len(patches)} writes by the guardrail, "
+        f"{len(sandbox.graph.sent)} mails sent, {len(story.audit)} audit records, "
+        f"{len(story.failures)} problems"
+    )
+    if story.audit:
+        say("One audit record, as the function logs it:")
+        say("  " + json.dumps(story.audit[0], sort_keys=True)[:1200])
+    for failure in story.failures:
+        say(f"  not as expected: {failure}")
+    return 1 if story.failures else 0
+
+
+def _own_write_ignored(results: list[Result]) -> bool:
+    reasons = [r.decision.reason for r in results if r.decision is not None]
+    return "The guardrail's own write." in reasons
+
+
+def _mailed(results: list[Result], address: str) -> bool:
+    return any(isinstance(r, Done) and address in r.notified for r in results)

@@ -1,0 +1,203 @@
+"""A whole organization on loopback: identity, Dataverse and Graph, wired like production.
+
+Every mailbox write (a person's, an admin's, the guardrail's own) becomes the message Dataverse's
+asynchronous service-endpoint step would post, so the demo and the integration tests feed the
+worker exactly what it would receive from Service Bus.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from guardrails.sandbox.dataverse import DataverseSimulator, WriteEvent
+from guardrails.sandbox.graph import GraphSimulator
+from guardrails.sandbox.identity import IdentitySimulator
+from guardrails.sandbox.messages import mailbox_message, to_body
+from guardrails.sandbox.tls import SandboxTLS
+
+Credential = Literal["client_secret", "certificate", "managed_identity"]
+TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+CLIENT_ID = "3f4e2d1c-0b9a-4c8d-9e7f-6a5b4c3d2e1f"
+SECRET = "sandbox-secret-not-for-production"
+GUARDRAIL_ROLE = "Mailbox Guardrails"
+_PRE_IMAGE_COLUMNS = (
+    "incomingemaildeliverymethod",
+    "outgoingemaildeliverymethod",
+    "actdeliverymethod",
+    "emailaddress",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message as Service Bus would hand it to the function."""
+
+    message_id: str
+    body: bytes
+    properties: Mapping[str, Any]
+    write: WriteEvent
+
+
+@dataclass
+class Sandbox:
+    credential: Credential = "client_secret"
+    organization_name: str = "Contoso"
+    # Whether the async context carries the write's ?tag= (unconfirmed in Dataverse): the
+    # guardrail must recognise its own writes either way.
+    echo_tag: bool = True
+    tls: SandboxTLS = field(init=False)
+    identity: IdentitySimulator = field(init=False)
+    dataverse: DataverseSimulator = field(init=False)
+    graph: GraphSimulator = field(init=False)
+    app_user_id: str = field(init=False)
+    outbox: list[QueuedMessage] = field(init=False, default_factory=list)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _certificate: Path | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.tls = SandboxTLS()
+        self.identity = IdentitySimulator(self.tls)
+        self.dataverse = DataverseSimulator(
+            self.tls,
+            organization_name=self.organization_name,
+            approver_roles=("System Administrator", GUARDRAIL_ROLE),
+        )
+        self.dataverse.token_validator = self.identity.validator(self.dataverse.url)
+        self.graph = GraphSimulator(self.tls)
+        self.graph.token_validator = self.identity.validator(self.graph.url)
+        client_id = self._register_app()
+        self.app_user_id = self.dataverse.add_user(
+            fullname="# Mailbox Guardrails",
+            internalemailaddress="guardrails@contoso.com",
+            roles=[GUARDRAIL_ROLE],
+            application=True,
+            applicationid=client_id,
+        )
+        self.dataverse.map_client_to_user(client_id, self.app_user_id)
+        self.dataverse.set_email_settings(2, 2, 1)
+        self.dataverse.add_write_listener(self._on_write)
+
+    def _register_app(self) -> str:
+        if self.credential == "managed_identity":
+            return self.identity.register_managed_identity(CLIENT_ID)
+        if self.credential == "certificate":
+            self._certificate, _ = self.tls.client_certificate("mailbox-guardrails")
+            self.identity.register_app(TENANT_ID, CLIENT_ID, certificate=self._certificate)
+        else:
+            self.identity.register_app(TENANT_ID, CLIENT_ID, secret=SECRET)
+        return CLIENT_ID
+
+    def environment(
+        self, policy_path: Path, queue: str = "dataverse-mailbox-events"
+    ) -> dict[str, str]:
+        """App settings (and the CA bundle) that point the worker at this sandbox."""
+        env = {
+            "DATAVERSE_URL": self.dataverse.url,
+            "GRAPH_URL": self.graph.url,
+            "AZURE_AUTHORITY_HOST": self.identity.url,
+            "AZURE_CLIENT_ID": CLIENT_ID,
+            "GUARDRAILS_POLICY": str(policy_path),
+            "SERVICEBUS_QUEUE": queue,
+            "SERVICEBUS": "Endpoint=sb://sandbox.invalid/;SharedAccessKeyName=l;SharedAccessKey=k",
+            # These machines set REQUESTS_CA_BUNDLE, which overrides a session's verify=.
+            "REQUESTS_CA_BUNDLE": str(self.tls.ca_bundle_path()),
+        }
+        if self.credential == "managed_identity":
+            env["IDENTITY_ENDPOINT"] = self.identity.msi_endpoint
+            env["IDENTITY_HEADER"] = self.identity.identity_header
+        else:
+            env["AZURE_TENANT_ID"] = TENANT_ID
+            if self.credential == "certificate":
+                env["AZURE_CLIENT_CERTIFICATE_PATH"] = str(self._certificate)
+            else:
+                env["AZURE_CLIENT_SECRET"] = SECRET
+        return env
+
+    def add_person(
+        self, name: str, email: str, *, roles: tuple[str, ...] = (), **mailbox: Any
+    ) -> tuple[str, str]:
+        """A user and their approved server-side sync mailbox: (user id, mailbox id)."""
+        user_id = self.dataverse.add_user(
+            fullname=name, internalemailaddress=email, roles=list(roles)
+        )
+        mailbox_id = self.dataverse.add_mailbox(
+            owner_user_id=user_id, emailaddress=email, name=name, **mailbox
+        )
+        return user_id, mailbox_id
+
+    def _on_write(self, write: WriteEvent) -> None:
+        before = write.before
+        pre = {column: before.get(column) for column in _PRE_IMAGE_COLUMNS}
+        pre["emailserverprofile"] = before.get("_emailserverprofile_value")
+        regarding_id = before.get("_regardingobjectid_value")
+        if regarding_id:
+            kind = before.get("_regardingobjectid_value@Microsoft.Dynamics.CRM.lookuplogicalname")
+            pre["regardingobjectid"] = (kind or "systemuser", regarding_id)
+        # What the caller sent, in the message's column names (a lookup bind -> its id).
+        changes: dict[str, Any] = {}
+        for key, value in write.requested.items():
+            if key.startswith("emailserverprofile@"):
+                changes["emailserverprofile"] = write.changes.get("_emailserverprofile_value")
+            elif "@" not in key:
+                changes[key] = value
+        context = mailbox_message(
+            message="Update",
+            mailbox_id=write.mailbox_id,
+            organization_id=self.dataverse.organization_id,
+            organization_name=self.organization_name,
+            user_id=write.user_id,
+            changes=changes,
+            before=pre,
+            row_version=write.versionnumber,
+            tag=write.tag if self.echo_tag else None,
+            mailbox_name=str(before.get("name") or "Mailbox"),
+        )
+        properties = {
+            "http://schemas.microsoft.com/xrm/2011/Claims/Organization": self.dataverse.url,
+            "http://schemas.microsoft.com/xrm/2011/Claims/User": write.user_id,
+            "http://schemas.microsoft.com/xrm/2011/Claims/InitiatingUser": write.user_id,
+            "http://schemas.microsoft.com/xrm/2011/Claims/EntityLogicalName": "mailbox",
+            "http://schemas.microsoft.com/xrm/2011/Claims/RequestName": "Update",
+        }
+        queued = QueuedMessage(str(uuid.uuid4()), to_body(context), properties, write)
+        with self._lock:
+            self.outbox.append(queued)
+
+    def take(self) -> list[QueuedMessage]:
+        """The messages posted since the last call, oldest first."""
+        with self._lock:
+            taken, self.outbox = self.outbox, []
+        return taken
+
+    def close(self) -> None:
+        for server in (self.graph, self.dataverse, self.identity):
+            server.close()
+        self.tls.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+@contextmanager
+def patched_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration (MSAL reads IDENTITY_* from os.environ)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
