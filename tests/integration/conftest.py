@@ -1,0 +1,128 @@
+"""The deployed function against the loopback sandbox: real HTTPS, real MSAL, real settings."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from azure.functions.servicebus import ServiceBusMessage
+
+from guardrails.sandbox.environment import Credential, QueuedMessage, Sandbox
+
+POLICY = """\
+version: 1
+organization:
+  id: {organization_id}
+  name: Contoso
+mode: {mode}
+scope: user_mailboxes
+rules:
+  delivery_methods:
+    incoming_email: server_side_sync
+    outgoing_email: server_side_sync
+    appointments_contacts_tasks: server_side_sync
+  email_address:
+    changes: forbidden
+exemptions:
+  security_roles: [System Administrator]
+notifications:
+  enabled: true
+  sender: guardrails@contoso.com
+  extra_recipients: [secops@contoso.com]
+"""
+
+
+def service_bus_message(
+    body: bytes, properties: Mapping[str, Any] | None = None, message_id: str | None = None
+) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        body=body,
+        message_id=message_id or str(uuid.uuid4()),
+        application_properties=dict(properties or {}),
+        user_properties=dict(properties or {}),
+        content_type="application/json",
+        delivery_count=1,
+    )
+
+
+@dataclass
+class Deployment:
+    sandbox: Sandbox
+    app: ModuleType
+    user_id: str
+    mailbox_id: str
+    admin_id: str
+
+    def run(self, message: QueuedMessage | ServiceBusMessage) -> None:
+        if isinstance(message, QueuedMessage):
+            message = service_bus_message(message.body, message.properties, message.message_id)
+        self.app.mailbox_guardrail(message)
+
+    def user_change(self, changes: Mapping[str, Any], *, by: str | None = None) -> QueuedMessage:
+        """A person's change in Dataverse, and the one message its service endpoint posts."""
+        self.sandbox.take()  # messages of earlier writes are not this test's business
+        self.sandbox.dataverse.update_mailbox_as(by or self.user_id, self.mailbox_id, changes)
+        (message,) = self.sandbox.take()
+        return message
+
+    def patches(self) -> list[Any]:
+        return self.sandbox.dataverse.find_requests(method="PATCH")
+
+    def row(self) -> dict[str, Any]:
+        return self.sandbox.dataverse.mailbox(self.mailbox_id)
+
+
+def load_function_app() -> ModuleType:
+    """Import function_app.py afresh, as the Functions host does at start-up."""
+    sys.modules.pop("function_app", None)
+    return importlib.import_module("function_app")
+
+
+def deploy(
+    credential: Credential,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    mode: str = "enforce",
+    echo_tag: bool = True,
+) -> Iterator[Deployment]:
+    with Sandbox(credential=credential, echo_tag=echo_tag) as sandbox:
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(
+            POLICY.format(organization_id=sandbox.dataverse.organization_id, mode=mode)
+        )
+        for key, value in sandbox.environment(policy).items():
+            monkeypatch.setenv(key, value)
+        user_id, mailbox_id = sandbox.add_person("Adele Vance", "adele@contoso.com")
+        admin_id, _ = sandbox.add_person(
+            "Isaiah Langer", "isaiah@contoso.com", roles=("System Administrator",)
+        )
+        yield Deployment(sandbox, load_function_app(), user_id, mailbox_id, admin_id)
+
+
+@pytest.fixture(params=["client_secret", "certificate", "managed_identity"])
+def deployment(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Deployment]:
+    yield from deploy(request.param, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def secret_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
+    yield from deploy("client_secret", tmp_path, monkeypatch)
+
+
+def audit_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    records = []
+    for record in caplog.records:
+        if record.name == "guardrails.audit":
+            records.append(json.loads(record.getMessage()))
+    return records

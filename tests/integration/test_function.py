@@ -1,0 +1,295 @@
+"""function_app.mailbox_guardrail, called as the Functions host calls it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from guardrails.errors import ConfigurationError, PermanentFailure
+from guardrails.mailbox import GUARDRAIL_TAG
+from guardrails.sandbox.dataverse import PendingWrite
+from guardrails.sandbox.messages import oversize, to_body
+from guardrails.worker import RetryableFailure
+from tests.integration.conftest import (
+    Deployment,
+    audit_records,
+    deploy,
+    load_function_app,
+    service_bus_message,
+)
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared/reference/dataverse-samples"
+
+
+def test_violating_update_is_reverted_with_one_patch_and_one_mail(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrails.audit")
+    message = deployment.user_change({"incomingemaildeliverymethod": 3})
+    version = message.write.versionnumber
+
+    deployment.run(message)
+
+    (patch,) = deployment.patches()
+    assert patch.json == {"incomingemaildeliverymethod": 2}  # only the violating column
+    assert patch.headers["if-match"] == f'W/"{version}"'  # the row version the message carried
+    assert patch.query["tag"] == GUARDRAIL_TAG
+    assert patch.status == 204
+    assert deployment.row()["incomingemaildeliverymethod"] == 2
+    # No read was needed: the message carried the row version and the changed values.
+    assert deployment.sandbox.dataverse.count("GET", "mailboxes") == 0
+
+    (mail,) = deployment.sandbox.graph.sent
+    assert mail.sender == "guardrails@contoso.com"
+    assert mail.to == ["adele@contoso.com"]  # the owner's directory address
+    assert mail.cc == ["secops@contoso.com"]
+    assert "Forward Mailbox" in (mail.html or "")
+
+    # MSAL went to the local HTTPS token endpoint once per resource, not per request.
+    resources = sorted(t.resource.rstrip("/") for t in deployment.sandbox.identity.issued_tokens)
+    assert resources == sorted([deployment.sandbox.dataverse.url, deployment.sandbox.graph.url])
+
+    (record,) = audit_records(caplog)
+    assert record["outcome"] == "violation"
+    assert record["result"] == "Done"
+    assert record["wrote"] is True
+    assert record["message_id"] == message.message_id
+    assert record["mailbox_id"] == deployment.mailbox_id
+    assert record["initiating_user_id"] == deployment.user_id
+    assert record["rules"] == ["delivery_methods"]
+    assert record["before"] == {"incomingemaildeliverymethod": 3}
+    assert record["after"] == {"incomingemaildeliverymethod": 2}
+    assert record["correlation_id"]
+    assert record["duration_ms"] >= 0
+
+
+def test_compliant_message_writes_and_sends_nothing(deployment: Deployment) -> None:
+    deployment.sandbox.dataverse.update_mailbox_as(
+        deployment.user_id, deployment.mailbox_id, {"incomingemaildeliverymethod": 3}
+    )
+    deployment.sandbox.take()  # that change was already dealt with elsewhere
+    message = deployment.user_change({"incomingemaildeliverymethod": 2})
+
+    deployment.run(message)
+
+    assert deployment.patches() == []
+    assert deployment.sandbox.graph.sent == []
+
+
+@pytest.mark.parametrize("echo_tag", [True, False], ids=["tag-echoed", "tag-not-echoed"])
+def test_own_write_coming_back_causes_no_second_patch(
+    echo_tag: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for deployment in deploy("client_secret", tmp_path, monkeypatch, echo_tag=echo_tag):
+        deployment.run(deployment.user_change({"emailaddress": "megan.ceo@contoso.com"}))
+        (revert,) = deployment.patches()
+        assert revert.json == {"emailaddress": "adele@contoso.com"}
+        (returning,) = deployment.sandbox.take()  # Dataverse posts the guardrail's own write
+        assert returning.write.user_id == deployment.sandbox.app_user_id
+
+        deployment.run(returning)
+
+        assert len(deployment.patches()) == 1
+        assert len(deployment.sandbox.graph.sent) == 1
+
+
+def test_concurrent_admin_change_to_the_same_column_is_not_overwritten(
+    secret_deployment: Deployment,
+) -> None:
+    deployment = secret_deployment
+    dataverse = deployment.sandbox.dataverse
+    message = deployment.user_change({"incomingemaildeliverymethod": 3})
+
+    def admin_steps_in(pending: PendingWrite) -> None:
+        remove()
+        dataverse.update_mailbox_as(
+            deployment.admin_id, deployment.mailbox_id, {"incomingemaildeliverymethod": 0}
+        )
+
+    remove = dataverse.before_write(admin_steps_in)
+    deployment.run(message)
+
+    (stale,) = deployment.patches()
+    assert stale.status == 412
+    assert dataverse.count("GET", "mailboxes") == 1  # read again, decided again, left it
+    assert deployment.row()["incomingemaildeliverymethod"] == 0  # the admin's value stands
+    assert deployment.sandbox.graph.sent == []  # nothing was changed back, nobody to tell
+
+
+def test_concurrent_change_to_another_column_keeps_it_and_reverts_only_the_violation(
+    secret_deployment: Deployment,
+) -> None:
+    deployment = secret_deployment
+    dataverse = deployment.sandbox.dataverse
+    message = deployment.user_change({"incomingemaildeliverymethod": 3})
+
+    def admin_steps_in(pending: PendingWrite) -> None:
+        remove()
+        dataverse.update_mailbox_as(
+            deployment.admin_id, deployment.mailbox_id, {"actdeliverymethod": 0}
+        )
+
+    remove = dataverse.before_write(admin_steps_in)
+    deployment.run(message)
+
+    stale, fresh = deployment.patches()
+    assert (stale.status, fresh.status) == (412, 204)
+    assert fresh.json == {"incomingemaildeliverymethod": 2}
+    assert fresh.headers["if-match"] != stale.headers["if-match"]
+    row = deployment.row()
+    assert row["incomingemaildeliverymethod"] == 2
+    assert row["actdeliverymethod"] == 0  # the admin's change is untouched
+
+
+def test_oversize_message_reads_the_row_then_decides(secret_deployment: Deployment) -> None:
+    deployment = secret_deployment
+    message = deployment.user_change({"incomingemaildeliverymethod": 3})
+    trimmed = oversize(json.loads(message.body))
+    assert "InputParameters" not in trimmed
+
+    deployment.run(service_bus_message(to_body(trimmed), {"MessageMaxSizeExceeded": True}))
+
+    dataverse = deployment.sandbox.dataverse
+    assert dataverse.count("GET", "mailboxes") == 1
+    (patch,) = deployment.patches()
+    assert patch.json == {"incomingemaildeliverymethod": 2}
+    assert deployment.row()["incomingemaildeliverymethod"] == 2
+
+
+def test_exempt_admin_change_is_left_alone(secret_deployment: Deployment) -> None:
+    deployment = secret_deployment
+    deployment.run(
+        deployment.user_change({"outgoingemaildeliverymethod": 1}, by=deployment.admin_id)
+    )
+    assert deployment.patches() == []
+    assert deployment.row()["outgoingemaildeliverymethod"] == 1
+
+
+def test_audit_mode_records_and_tells_admins_but_never_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrails.audit")
+    for deployment in deploy("client_secret", tmp_path, monkeypatch, mode="audit"):
+        deployment.run(deployment.user_change({"incomingemaildeliverymethod": 3}))
+        assert deployment.patches() == []
+        (mail,) = deployment.sandbox.graph.sent
+        assert mail.to == ["secops@contoso.com"]
+        (record,) = audit_records(caplog)
+        assert record["outcome"] == "violation"
+        assert record["wrote"] is False
+        assert record["after"] == {}
+
+
+def test_expired_token_is_refreshed_once(secret_deployment: Deployment) -> None:
+    deployment = secret_deployment
+    deployment.run(deployment.user_change({"incomingemaildeliverymethod": 3}))
+    requested = deployment.sandbox.identity.token_requests
+    deployment.sandbox.identity.revoke_all()
+
+    deployment.run(deployment.user_change({"outgoingemaildeliverymethod": 0}))
+
+    statuses = [r.status for r in deployment.sandbox.dataverse.requests_log]
+    assert statuses.count(401) == 1
+    # The forced refresh drops the app's cached tokens for every resource, so Graph gets a
+    # fresh token too, without a 401 of its own.
+    assert deployment.sandbox.identity.token_requests == requested + 2
+    graph_statuses = [r.status for r in deployment.sandbox.graph.requests_log]
+    assert graph_statuses == [202, 202]
+    assert deployment.row()["outgoingemaildeliverymethod"] == 2
+
+
+def test_throttling_is_waited_out_when_short(secret_deployment: Deployment) -> None:
+    deployment = secret_deployment
+    message = deployment.user_change({"incomingemaildeliverymethod": 3})
+    deployment.sandbox.dataverse.inject(429, retry_after=0.2, method="PATCH")
+
+    deployment.run(message)
+
+    statuses = [p.status for p in deployment.patches()]
+    assert statuses == [429, 204]
+
+
+def test_long_throttling_raises_for_redelivery_with_the_services_delay(
+    secret_deployment: Deployment,
+) -> None:
+    deployment = secret_deployment
+    message = deployment.user_change({"incomingemaildeliverymethod": 3})
+    deployment.sandbox.dataverse.inject(429, retry_after=120, method="PATCH")
+
+    with pytest.raises(RetryableFailure) as caught:
+        deployment.run(message)
+
+    assert caught.value.delay == 120
+    assert "429" in str(caught.value)
+    assert deployment.row()["incomingemaildeliverymethod"] == 3
+
+
+def test_server_error_is_retried_with_back_off(secret_deployment: Deployment) -> None:
+    deployment = secret_deployment
+    message = deployment.user_change({"incomingemaildeliverymethod": 3})
+    deployment.sandbox.dataverse.inject(503, method="PATCH")
+
+    deployment.run(message)
+
+    assert [p.status for p in deployment.patches()] == [503, 204]
+
+
+def test_message_in_binary_xml_is_refused_with_the_fix(secret_deployment: Deployment) -> None:
+    body = b"@\x16RemoteExecutionContext\x08\x13http://schemas.microsoft.com/xrm/2011/Contracts\x01"
+    with pytest.raises(PermanentFailure, match=r"messageformat = 2"):
+        secret_deployment.run(service_bus_message(body))
+    assert secret_deployment.sandbox.dataverse.requests_log == []
+
+
+def test_message_from_another_organization_is_refused(secret_deployment: Deployment) -> None:
+    message = secret_deployment.user_change({"incomingemaildeliverymethod": 3})
+    foreign = message.body.replace(
+        secret_deployment.sandbox.dataverse.organization_id.encode(),
+        b"00aa00aa-bb11-cc22-dd33-44ee44ee44ee",
+    )
+    with pytest.raises(PermanentFailure, match="organization 00aa00aa"):
+        secret_deployment.run(service_bus_message(foreign))
+    assert secret_deployment.patches() == []
+
+
+def test_other_tables_events_complete_without_calls(secret_deployment: Deployment) -> None:
+    for path in sorted(SAMPLES.glob("*.json")):
+        secret_deployment.run(service_bus_message(path.read_bytes()))
+    assert secret_deployment.sandbox.dataverse.requests_log == []
+
+
+def test_deleted_mailbox_completes_quietly(secret_deployment: Deployment) -> None:
+    deployment = secret_deployment
+    message = deployment.user_change({"incomingemaildeliverymethod": 3})
+    trimmed = oversize(json.loads(message.body))
+    trimmed["PrimaryEntityId"] = "0b0b0b0b-0000-4000-8000-000000000000"
+    deployment.run(service_bus_message(to_body(trimmed)))
+    assert deployment.patches() == []
+
+
+def test_start_up_lists_every_settings_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("DATAVERSE_URL", "SERVICEBUS_QUEUE", "SERVICEBUS", "AZURE_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GUARDRAILS_POLICY", str(tmp_path / "absent.yaml"))
+    monkeypatch.setenv("GRAPH_URL", "http://graph.example")
+    with pytest.raises(ConfigurationError) as caught:
+        load_function_app()
+    text = str(caught.value)
+    for fragment in ("DATAVERSE_URL", "GRAPH_URL", "GUARDRAILS_POLICY", "SERVICEBUS_QUEUE"):
+        assert fragment in text
+
+
+def test_start_up_reports_policy_errors_with_positions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for deployment in deploy("client_secret", tmp_path, monkeypatch):
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(policy.read_text().replace("mode: enforce", "mode: enforced"))
+        with pytest.raises(ConfigurationError, match=r"policy\.yaml:5:7: mode"):
+            load_function_app()
+        assert deployment.sandbox.identity.token_requests == 0  # start-up did no network I/O
