@@ -143,9 +143,9 @@ class Sandbox:
         # What the caller sent, in the message's column names (a lookup bind -> its id).
         changes: dict[str, Any] = {}
         for key, value in write.requested.items():
-            if key.startswith("emailserverprofile@"):
+            if key == "_emailserverprofile_value" or key.startswith("emailserverprofile@"):
                 changes["emailserverprofile"] = write.changes.get("_emailserverprofile_value")
-            elif "@" not in key:
+            elif "@" not in key and not key.startswith("_"):
                 changes[key] = value
         context = mailbox_message(
             message="Update",

@@ -93,11 +93,13 @@ def deploy(
     *,
     mode: str = "enforce",
     echo_tag: bool = True,
+    policy_text: str = POLICY,
 ) -> Iterator[Deployment]:
+    """A sandbox organization and the function app configured for it, as the host loads it."""
     with Sandbox(credential=credential, echo_tag=echo_tag) as sandbox:
         policy = tmp_path / "policy.yaml"
         policy.write_text(
-            POLICY.format(organization_id=sandbox.dataverse.organization_id, mode=mode)
+            policy_text.format(organization_id=sandbox.dataverse.organization_id, mode=mode)
         )
         for key, value in sandbox.environment(policy).items():
             monkeypatch.setenv(key, value)

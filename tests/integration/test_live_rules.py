@@ -1,0 +1,131 @@
+"""Rules that need live look-ups, dry run, and failures after the decision."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from guardrails.errors import PermanentFailure
+from tests.integration.conftest import Deployment, audit_records, deploy
+
+LIVE_POLICY = """\
+version: 1
+organization:
+  id: {organization_id}
+mode: {mode}
+rules:
+  delivery_methods:
+    incoming_email: organization_default
+    outgoing_email: organization_default
+    appointments_contacts_tasks: organization_default
+  email_address:
+    changes: allowed
+    must_match_owner: true
+    restore_approval: true
+  server_profile:
+    expected: organization_default
+notifications:
+  enabled: true
+  sender: guardrails@contoso.com
+"""
+
+
+@pytest.fixture
+def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
+    yield from deploy("client_secret", tmp_path, monkeypatch, policy_text=LIVE_POLICY)
+
+
+def test_organization_defaults_are_read_from_dataverse_and_cached(live: Deployment) -> None:
+    dataverse = live.sandbox.dataverse
+    dataverse.set_email_settings(2, 2, 0)  # this organization keeps activities in Outlook
+    live.run(live.user_change({"actdeliverymethod": 2}))
+    (patch,) = live.patches()
+    assert patch.json == {"actdeliverymethod": 0}
+
+    live.run(live.user_change({"incomingemaildeliverymethod": 3}))
+    assert live.patches()[-1].json == {"incomingemaildeliverymethod": 2}
+    assert dataverse.count("GET", "organizations") == 1  # cached between messages
+
+
+def test_address_must_be_the_owners_directory_address(live: Deployment) -> None:
+    live.run(live.user_change({"emailaddress": "megan.ceo@contoso.com"}))
+    address, approval = live.patches()
+    assert address.json == {"emailaddress": "adele@contoso.com"}
+    assert approval.json == {"emailrouteraccessapproval": 1}
+    assert approval.headers["if-match"] == "*"
+    row = live.row()
+    assert row["emailaddress"] == "adele@contoso.com"
+    assert row["emailrouteraccessapproval"] == 1
+    (mail,) = live.sandbox.graph.sent
+    assert mail.to == ["adele@contoso.com"]
+
+
+def test_changing_to_the_owners_own_address_is_compliant(live: Deployment) -> None:
+    dataverse = live.sandbox.dataverse
+    dataverse.update_mailbox_as(live.admin_id, live.mailbox_id, {"emailaddress": "old@contoso.com"})
+    live.run(live.user_change({"emailaddress": "adele@contoso.com"}))
+    assert live.patches() == []
+
+
+def test_server_profile_follows_the_organization_default(live: Deployment) -> None:
+    dataverse = live.sandbox.dataverse
+    default = dataverse.add_email_server_profile("Exchange Online")
+    other = dataverse.add_email_server_profile("Someone's IMAP server")
+    dataverse.set_default_email_server_profile(default)
+    live.run(live.user_change({"emailserverprofile@odata.bind": f"/emailserverprofiles({other})"}))
+    (patch,) = live.patches()
+    assert patch.json == {"emailserverprofile@odata.bind": f"/emailserverprofiles({default})"}
+    assert live.row()["_emailserverprofile_value"] == default
+
+
+def test_dry_run_decides_and_records_but_writes_and_sends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrails.audit")
+    monkeypatch.setenv("GUARDRAILS_DRY_RUN", "true")
+    for deployment in deploy("client_secret", tmp_path, monkeypatch):
+        deployment.run(deployment.user_change({"incomingemaildeliverymethod": 3}))
+        assert deployment.patches() == []
+        assert deployment.sandbox.graph.sent == []
+        (record,) = audit_records(caplog)
+        assert record["dry_run"] is True
+        assert record["outcome"] == "violation"
+        assert record["after"] == {"incomingemaildeliverymethod": 2}  # what it would write
+        assert record["wrote"] is False
+
+
+def test_graph_outage_after_the_revert_is_recorded_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrails.audit")
+    for deployment in deploy("client_secret", tmp_path, monkeypatch):
+        deployment.sandbox.graph.inject(500, times=10)
+        deployment.run(deployment.user_change({"incomingemaildeliverymethod": 3}))
+        assert deployment.row()["incomingemaildeliverymethod"] == 2
+        (record,) = audit_records(caplog)
+        assert record["wrote"] is True
+        assert record["notified"] == []
+        assert "notification failed" in record["errors"][0]
+        assert "HTTP 500" in record["errors"][0]
+
+
+def test_permanent_dataverse_refusal_gives_up_with_the_service_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for deployment in deploy("client_secret", tmp_path, monkeypatch):
+        message = deployment.user_change({"incomingemaildeliverymethod": 3})
+        deployment.sandbox.dataverse.inject(
+            403,
+            method="PATCH",
+            body={
+                "error": {
+                    "code": "0x80040220",
+                    "message": "Principal user is missing prvWriteMailbox",
+                }
+            },
+        )
+        with pytest.raises(PermanentFailure, match="prvWriteMailbox"):
+            deployment.run(message)
