@@ -8,6 +8,7 @@ becomes a Rejection with a reason, never an exception: whatever the bytes, `pars
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -95,7 +96,7 @@ def parse_message(
         data = _load_json(text)
         if isinstance(data, Rejection):
             return data
-        oversize = any(key.lower() == OVERSIZE_PROPERTY.lower() for key in properties or {})
+        oversize = any(_property_name(key) == OVERSIZE_PROPERTY.lower() for key in properties or {})
         return _context(data, "body", oversize=oversize)
     except ContractError as exc:
         return Rejection(
@@ -112,8 +113,16 @@ def parse_message(
         )
 
 
+def _property_name(key: object) -> str:
+    # The Service Bus SDK hands application property names over as bytes, the Functions
+    # binding as str.
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "replace").lower()
+    return str(key).lower()
+
+
 def _decode_text(body: bytes, content_type: str | None) -> str | Rejection:
-    stripped = body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    stripped = body.removeprefix(b"\xef\xbb\xbf").strip(b" \t\r\n")
     if not stripped:
         return Rejection(
             RejectionKind.EMPTY,
@@ -134,6 +143,8 @@ def _decode_text(body: bytes, content_type: str | None) -> str | Rejection:
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if exc.end == len(body) and "end of data" in exc.reason:
+            return _truncated(len(body), "it stops inside a multi-byte character")
         return Rejection(
             RejectionKind.NOT_UTF8,
             f"The body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start}). "
@@ -150,9 +161,36 @@ def _decode_text(body: bytes, content_type: str | None) -> str | Rejection:
 def _looks_like_binary_xml(body: bytes, content_type: str | None) -> bool:
     if content_type and "msbin" in content_type.lower():
         return True
-    # Binary XML opens with an element record (0x40-0x77) and carries the contract's namespace.
-    return 0x40 <= body[0] <= 0x77 and (
-        b"schemas.microsoft.com/xrm" in body or b"RemoteExecutionContext" in body
+    # Binary XML opens with an element record (0x40-0x77; '[' is JSON), has length-prefixed
+    # names (control bytes), and carries the contract's namespace.
+    return (
+        0x40 <= body[0] <= 0x77
+        and body[0] != ord("[")
+        and any(byte < 0x09 or 0x0E <= byte < 0x20 for byte in body[:64])
+        and (b"schemas.microsoft.com/xrm" in body or b"RemoteExecutionContext" in body)
+    )
+
+
+# What may stand at the end of a body cut short: part of a literal, a number, or an escape.
+_PARTIAL_TAIL = re.compile(
+    r"(?:t(?:r(?:u)?)?|f(?:a(?:l(?:s)?)?)?|n(?:u(?:l)?)?|[-+.eE0-9]+|\\?u[0-9a-fA-F]{0,3})"
+)
+
+
+def _ends_early(text: str, exc: json.JSONDecodeError) -> bool:
+    """True when the decoder failed only because the text stopped, not because it is wrong."""
+    rest = text[exc.pos :].rstrip()
+    if not rest or exc.msg.startswith("Unterminated string"):
+        return True
+    return len(rest) <= 8 and _PARTIAL_TAIL.fullmatch(rest) is not None
+
+
+def _truncated(length: int, detail: str) -> Rejection:
+    return Rejection(
+        RejectionKind.TRUNCATED,
+        f"The body ends early ({length} bytes; {detail}): the message was truncated by whatever "
+        "produced or copied it. Dataverse itself never truncates; it drops the context's large "
+        "parts instead.",
     )
 
 
@@ -160,17 +198,12 @@ def _load_json(text: str) -> dict[str, Any] | Rejection:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        if not text[exc.pos :].strip():
-            return Rejection(
-                RejectionKind.TRUNCATED,
-                f"The JSON body ends early ({len(text)} characters, {exc.msg.lower()}): the "
-                "message was truncated by whatever produced or copied it. Dataverse itself never "
-                "truncates; it drops the context's large parts instead.",
-            )
+        if _ends_early(text, exc):
+            return _truncated(len(text.encode("utf-8")), "the JSON stops mid-value")
         return Rejection(
             RejectionKind.NOT_JSON,
-            f"The body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}). "
-            + _FIX_FORMAT,
+            f"The body is not JSON: {exc.msg.removesuffix(' at')} (line {exc.lineno}, "
+            f"column {exc.colno}). " + _FIX_FORMAT,
         )
     except ValueError as exc:  # e.g. an integer with more digits than Python will parse
         return Rejection(RejectionKind.NOT_JSON, f"The body is not usable JSON: {exc}.")

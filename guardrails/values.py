@@ -183,9 +183,12 @@ def _decimal(raw: object, path: str) -> Decimal:
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         raise ContractError(path, f"expected a number, found {_kind(raw)}")
     try:
-        return Decimal(str(raw))
+        number = Decimal(str(raw))
     except InvalidOperation as exc:
         raise ContractError(path, f"expected a number, found {raw!r}") from exc
+    if not number.is_finite():
+        raise ContractError(path, f"expected a finite number, found {raw!r}")
+    return number
 
 
 def decode_reference(raw: Any, path: str) -> EntityReference:

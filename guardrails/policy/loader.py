@@ -63,6 +63,8 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
         raise PolicyError([PolicyIssue(1, 1, "the policy file is empty", filename)])
     builder = _Builder(filename)
     data = builder.build(node, ())
+    if data is None:
+        raise PolicyError([PolicyIssue(1, 1, "the policy file is empty", filename)])
     if not isinstance(data, dict):
         builder.issue(node, "the policy must be a mapping of keys such as version, rules, mode")
         raise PolicyError(builder.issues)
@@ -70,7 +72,10 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            builder.issues.append(builder.locate(tuple(error["loc"]), error))
+            issue = builder.locate(tuple(error["loc"]), error)
+            # A union reports once per member; one message per place is enough.
+            if not any((i.line, i.column) == (issue.line, issue.column) for i in builder.issues):
+                builder.issues.append(issue)
         raise PolicyError(builder.issues) from exc
     if builder.issues:
         raise PolicyError(builder.issues)

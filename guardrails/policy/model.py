@@ -11,7 +11,15 @@ import string
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from guardrails.mailbox import DELIVERY_METHODS, Column
 
@@ -132,6 +140,16 @@ class DeliveryMethodsRule(_Strict):
         None, description="server_side_sync, outlook, none, a number, or organization_default."
     )
 
+    @field_validator(
+        "incoming_email", "outgoing_email", "appointments_contacts_tasks", mode="before"
+    )
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        # YAML reads yes/no/on/off as booleans, which would otherwise pass as 1 and 0.
+        if isinstance(value, bool):
+            raise ValueError("expected a delivery method name or number, found true/false")
+        return value
+
     @field_validator("incoming_email")
     @classmethod
     def _incoming(cls, value: DeliveryValue | None) -> int | str | None:
@@ -200,6 +218,14 @@ class Rules(_Strict):
     email_address: EmailAddressRule | None = None
     server_profile: ServerProfileRule | None = None
 
+    @model_validator(mode="after")
+    def _not_empty(self) -> Rules:
+        if all(rule is None for _, rule in self):
+            raise ValueError(
+                "no rules: set at least one of delivery_methods, email_address, server_profile"
+            )
+        return self
+
 
 class Exemptions(_Strict):
     mailboxes: tuple[Guid, ...] = Field((), description="Mailbox ids never governed.")
@@ -222,8 +248,8 @@ def parse_duration(value: str | int) -> int:
 
 
 class Throttle(_Strict):
-    max_per_mailbox: int = Field(3, ge=1, description="Notifications per mailbox per window.")
-    window: Annotated[str | int, Field(description="e.g. 1h, 30m, 1d, or seconds.")] = "1h"
+    max_per_mailbox: StrictInt = Field(3, ge=1, description="Notifications per mailbox per window.")
+    window: Annotated[str | StrictInt, Field(description="e.g. 1h, 30m, 1d, or seconds.")] = "1h"
 
     @field_validator("window")
     @classmethod
@@ -299,14 +325,3 @@ class Policy(_Strict):
 
     def mode_of(self, rule: DeliveryMethodsRule | EmailAddressRule | ServerProfileRule) -> Mode:
         return rule.mode or self.mode
-
-    @model_validator(mode="after")
-    def _has_rules(self) -> Policy:
-        rules = self.rules
-        if (
-            rules.delivery_methods is None
-            and rules.email_address is None
-            and (rules.server_profile is None)
-        ):
-            raise ValueError("the policy has no rules: set at least one under 'rules'")
-        return self
