@@ -110,6 +110,16 @@ class _Story:
             self.say(f'   mailed:   {", ".join(mail.to)}{cc}: "{mail.subject}"')
         return result
 
+    def scene(
+        self, title: str, user_id: str, mailbox_id: str, changes: dict[str, Any]
+    ) -> list[Result]:
+        """A person changes a mailbox in Dataverse; everything that follows is delivered."""
+        self.say(title)
+        self.sandbox.dataverse.update_mailbox_as(user_id, mailbox_id, changes)
+        results = self.deliver()
+        self.show_row(mailbox_id)
+        return results
+
     def row(self, mailbox_id: str) -> dict[str, Any]:
         return self.sandbox.dataverse.mailbox(mailbox_id)
 
@@ -153,19 +163,23 @@ def _play(story: _Story) -> int:
     say("Each step: a change in Dataverse, the message its service endpoint posts, what the")
     say("function decided, wrote and sent; then the guardrail's own write coming back.")
     say()
-    say("1. Adele switches her incoming email to Forward Mailbox")
-    dataverse.update_mailbox_as(adele, adele_box, {"incomingemaildeliverymethod": 3})
-    results = story.deliver()
-    story.show_row(adele_box)
+    results = story.scene(
+        "1. Adele switches her incoming email to Forward Mailbox",
+        adele,
+        adele_box,
+        {"incomingemaildeliverymethod": 3},
+    )
     story.expect(story.row(adele_box)["incomingemaildeliverymethod"] == 2, "incoming reverted")
     story.expect(_mailed(results, "adele@contoso.com"), "Adele told at her directory address")
     story.expect(_own_write_ignored(results), "the revert came back and was left alone")
     say()
 
-    say("2. Alex sets his mailbox's address to the CEO's")
-    dataverse.update_mailbox_as(alex, alex_box, {"emailaddress": "megan.ceo@contoso.com"})
-    results = story.deliver()
-    story.show_row(alex_box)
+    results = story.scene(
+        "2. Alex sets his mailbox's address to the CEO's",
+        alex,
+        alex_box,
+        {"emailaddress": "megan.ceo@contoso.com"},
+    )
     alex_row = story.row(alex_box)
     story.expect(alex_row["emailaddress"] == "alex@contoso.com", "address reverted")
     story.expect(alex_row["emailrouteraccessapproval"] == 1, "approval restored")
@@ -177,10 +191,12 @@ def _play(story: _Story) -> int:
     )
     say()
 
-    say("3. Isaiah, a System Administrator, moves Adele's outgoing email to Outlook")
-    dataverse.update_mailbox_as(admin, adele_box, {"outgoingemaildeliverymethod": 1})
-    results = story.deliver()
-    story.show_row(adele_box)
+    results = story.scene(
+        "3. Isaiah, a System Administrator, moves Adele's outgoing email to Outlook",
+        admin,
+        adele_box,
+        {"outgoingemaildeliverymethod": 1},
+    )
     story.expect(story.row(adele_box)["outgoingemaildeliverymethod"] == 1, "admin change kept")
     story.expect(not any(isinstance(r, Done) for r in results), "no write, no mail")
     say()

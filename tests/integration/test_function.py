@@ -96,26 +96,31 @@ def test_own_write_coming_back_causes_no_second_patch(
         assert len(deployment.sandbox.graph.sent) == 1
 
 
-def test_concurrent_admin_change_to_the_same_column_is_not_overwritten(
-    secret_deployment: Deployment,
-) -> None:
-    deployment = secret_deployment
+def _run_while_admin_changes(deployment: Deployment, admin_changes: dict[str, int]) -> None:
+    """A user's forbidden change; the admin changes the row between the guardrail's read and
+    its write (the simulator runs the hook inside the guardrail's PATCH, before If-Match)."""
     dataverse = deployment.sandbox.dataverse
     message = deployment.user_change({"incomingemaildeliverymethod": 3})
 
     def admin_steps_in(pending: PendingWrite) -> None:
         remove()
-        dataverse.update_mailbox_as(
-            deployment.admin_id, deployment.mailbox_id, {"incomingemaildeliverymethod": 0}
-        )
+        dataverse.update_mailbox_as(deployment.admin_id, deployment.mailbox_id, admin_changes)
 
     remove = dataverse.before_write(admin_steps_in)
     deployment.run(message)
 
+
+def test_concurrent_admin_change_to_the_same_column_is_not_overwritten(
+    secret_deployment: Deployment,
+) -> None:
+    deployment = secret_deployment
+    _run_while_admin_changes(deployment, {"incomingemaildeliverymethod": 0})
+
     (stale,) = deployment.patches()
     assert stale.status == 412
-    assert dataverse.count("GET", "mailboxes") == 1  # read again, decided again, left it
-    assert deployment.row()["incomingemaildeliverymethod"] == 0  # the admin's value stands
+    # Read again, decided again, and left the admin's value alone.
+    assert deployment.sandbox.dataverse.count("GET", "mailboxes") == 1
+    assert deployment.row()["incomingemaildeliverymethod"] == 0
     assert deployment.sandbox.graph.sent == []  # nothing was changed back, nobody to tell
 
 
@@ -123,17 +128,7 @@ def test_concurrent_change_to_another_column_keeps_it_and_reverts_only_the_viola
     secret_deployment: Deployment,
 ) -> None:
     deployment = secret_deployment
-    dataverse = deployment.sandbox.dataverse
-    message = deployment.user_change({"incomingemaildeliverymethod": 3})
-
-    def admin_steps_in(pending: PendingWrite) -> None:
-        remove()
-        dataverse.update_mailbox_as(
-            deployment.admin_id, deployment.mailbox_id, {"actdeliverymethod": 0}
-        )
-
-    remove = dataverse.before_write(admin_steps_in)
-    deployment.run(message)
+    _run_while_admin_changes(deployment, {"actdeliverymethod": 0})
 
     stale, fresh = deployment.patches()
     assert (stale.status, fresh.status) == (412, 204)
