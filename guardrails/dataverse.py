@@ -207,6 +207,7 @@ class DataverseClient(ApiClient):
             id=user.id,
             email=user.email,
             name=user.name,
+            upn=user.upn,
             role_ids=role_ids,
             role_names=role_names,
             disabled=user.disabled,
@@ -219,10 +220,12 @@ class DataverseClient(ApiClient):
             params={"$select": "fullname,internalemailaddress,domainname,isdisabled"},
         ).json()
         email = data.get("internalemailaddress") or None
+        upn = data.get("domainname") or None
         return UserFacts(
             id=user_id.lower(),
             email=str(email) if email else None,
-            name=data.get("fullname") or data.get("domainname"),
+            name=data.get("fullname") or upn,
+            upn=str(upn) if upn else None,
             disabled=bool(data.get("isdisabled")),
         )
 

@@ -52,8 +52,9 @@ class Fact(StrEnum):
 @dataclass(frozen=True, slots=True)
 class UserFacts:
     id: str
-    email: str | None = None
+    email: str | None = None  # the primary email (internalemailaddress)
     name: str | None = None
+    upn: str | None = None  # the sign-in name (domainname)
     role_ids: frozenset[str] = frozenset()
     role_names: frozenset[str] = frozenset()  # lower-cased
     disabled: bool = False
@@ -245,8 +246,9 @@ class _Decider:
         if user is None:
             self.need(Fact.INITIATOR)
             return None
-        if user.email is not None and user.email.lower() in exemptions.users:
-            return self.decision(Outcome.IGNORED, f"Changed by exempt user {user.email}.")
+        for address in (user.email, user.upn):
+            if address is not None and address.lower() in exemptions.users:
+                return self.decision(Outcome.IGNORED, f"Changed by exempt user {address}.")
         for role in exemptions.security_roles:
             if role.lower() in user.role_ids or role.lower() in user.role_names:
                 return self.decision(

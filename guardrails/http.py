@@ -133,7 +133,9 @@ class ApiClient:
             else:
                 if response.status_code in expect:
                     return response
-                if response.status_code == 401 and not refreshed:
+                if response.status_code == 401:
+                    if refreshed:
+                        raise _refused(self.service, response)
                     refreshed = True  # the token may have been revoked or rotated: once
                     attempt -= 1
                     continue
@@ -149,12 +151,6 @@ class ApiClient:
         code, message = _error_body(response)
         status = response.status_code
         kwargs: dict[str, Any] = {"status": status, "code": code, "method": method, "url": url}
-        if status == 401:
-            raise AuthenticationError(
-                f"{self.service} refused the app's token twice ({message}); check that the app "
-                "is an application user with a security role in this environment",
-                code=code,
-            )
         if status == 429:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             return Throttled(self.service, message, retry_after=retry_after, **kwargs)
@@ -166,6 +162,15 @@ class ApiClient:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             return TransientServiceError(self.service, message, retry_after=retry_after, **kwargs)
         return PermanentServiceError(self.service, message, **kwargs)
+
+
+def _refused(service: str, response: requests.Response) -> AuthenticationError:
+    code, message = _error_body(response)
+    return AuthenticationError(
+        f"{service} refused a freshly issued token ({message}); check the app's permissions "
+        "(for Dataverse: an application user with a security role in this environment)",
+        code=code,
+    )
 
 
 def _error_body(response: requests.Response) -> tuple[str | None, str]:

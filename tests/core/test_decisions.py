@@ -238,6 +238,21 @@ def test_exempt_user_by_email(email: str) -> None:
     assert decision.unverified == ()
 
 
+def test_exempt_user_by_sign_in_name() -> None:
+    # Admins often know each other by UPN, which need not be the primary email.
+    policy = make_policy(extra="exemptions:\n  users: [admin@contoso.onmicrosoft.com]\n")
+    facts = Facts(
+        initiator=UserFacts(id=USER, email="admin@contoso.com", upn="Admin@contoso.onmicrosoft.com")
+    )
+    decision = decide_mailbox(policy, facts, changes=FORWARD, before=BEFORE)
+    assert decision.outcome is Outcome.IGNORED
+    assert "admin@contoso.onmicrosoft.com" in decision.reason.lower()
+    not_listed = Facts(initiator=UserFacts(id=USER, email="admin@contoso.com", upn="x@y.com"))
+    assert decide_mailbox(policy, not_listed, changes=FORWARD, before=BEFORE).outcome is (
+        Outcome.VIOLATION
+    )
+
+
 @pytest.mark.parametrize(
     ("listed", "user"),
     [

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from guardrails.errors import PermanentFailure
+from guardrails.worker import RetryableFailure
 from tests.integration.conftest import Deployment, audit_records, deploy
 
 LIVE_POLICY = """\
@@ -129,3 +130,15 @@ def test_permanent_dataverse_refusal_gives_up_with_the_service_message(
         )
         with pytest.raises(PermanentFailure, match="prvWriteMailbox"):
             deployment.run(message)
+
+
+def test_token_refused_even_when_fresh_is_retried_later_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for deployment in deploy("client_secret", tmp_path, monkeypatch):
+        message = deployment.user_change({"incomingemaildeliverymethod": 3})
+        deployment.sandbox.dataverse.token_validator = lambda token: None  # e.g. consent revoked
+        with pytest.raises(RetryableFailure, match="refused a freshly issued token"):
+            deployment.run(message)
+        statuses = [r.status for r in deployment.sandbox.dataverse.requests_log]
+        assert statuses == [401, 401]  # exactly one refresh, then it stops
