@@ -129,23 +129,22 @@ class Executor:
         return result
 
     def _run(self, parsed: ExecutionContext | Rejection) -> Result:
-        if isinstance(parsed, Rejection):
-            decision = decide(parsed, self.policy)
-            return GiveUp(decision.reason, decision)
-        decision = decide(parsed, self.policy)
+        decision = decide(parsed, self.policy)  # offline first: most messages end here
         if decision.outcome is Outcome.REJECTED:
             return GiveUp(decision.reason, decision)
-        if decision.outcome is Outcome.IGNORED and decision.event is None:
+        if not isinstance(parsed, ExecutionContext) or decision.event is None:
             return NothingToDo(decision, decision.reason)  # not a governed mailbox event
         try:
             return self._enforce(parsed)
         except NotFound as exc:
-            return NothingToDo(None, f"The mailbox no longer exists ({exc.message}).")
+            return NothingToDo(
+                decision, f"A row this needs no longer exists in Dataverse: {exc.message}"
+            )
         except (AuthenticationError, ServiceError) as exc:
-            if getattr(exc, "retryable", False):
+            if exc.retryable:
                 delay = getattr(exc, "retry_after", None) or DEFAULT_RETRY_DELAY
-                return RetryLater(str(exc), delay)
-            return GiveUp(f"{exc}", None)
+                return RetryLater(str(exc), delay, decision)
+            return GiveUp(str(exc), decision)
 
     def _enforce(self, context: ExecutionContext) -> Result:
         attempt = _Attempt(context, Facts(guardrail_user_id=self.dataverse.whoami().user_id))
@@ -157,12 +156,20 @@ class Executor:
             decision, wrote = self._write(attempt, decision)
             if decision.outcome is not Outcome.VIOLATION:
                 return NothingToDo(decision, decision.reason)
-        notified = self._notify(attempt, decision, wrote=wrote)
         if wrote and decision.restore_approval:
-            self.dataverse.update_mailbox(
-                context.primary_entity_id, {"emailrouteraccessapproval": APPROVED}, etag="*"
-            )
+            self._restore_approval(attempt)
+        notified = self._notify(attempt, decision, wrote=wrote)
         return Done(decision, wrote=wrote, notified=notified, errors=tuple(attempt.errors))
+
+    def _restore_approval(self, attempt: _Attempt) -> None:
+        """Re-approve a reverted address; alone in its PATCH, as approval requires."""
+        try:
+            self.dataverse.update_mailbox(
+                attempt.context.primary_entity_id, {"emailrouteraccessapproval": APPROVED}, etag="*"
+            )
+        except GuardrailsError as exc:
+            # The revert stands and a redelivery would find nothing to do: record, don't retry.
+            attempt.errors.append(f"restoring approval failed: {exc}")
 
     def _decide(self, attempt: _Attempt) -> Decision:
         """Decide, look up what the decision could not verify, decide again (bounded)."""
@@ -230,7 +237,7 @@ class Executor:
 
     def _notify(self, attempt: _Attempt, decision: Decision, *, wrote: bool) -> tuple[str, ...]:
         settings = self.policy.notifications
-        if not settings.enabled or self.mailer is None or settings.sender is None:
+        if not settings.enabled or self.mailer is None or settings.sender is None or self.dry_run:
             return ()
         owner = attempt.facts.owner
         if (
@@ -240,7 +247,7 @@ class Executor:
         ):
             owner = self.dataverse.get_user(decision.owner_user_id)
         to = recipients(decision, owner.email if owner else None)
-        if to is None or self.dry_run:
+        if to is None:
             return ()
         mailbox_id = decision.mailbox_id or ""
         if not self.throttle.allow(mailbox_id):

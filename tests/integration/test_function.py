@@ -256,13 +256,20 @@ def test_other_tables_events_complete_without_calls(secret_deployment: Deploymen
     assert secret_deployment.sandbox.dataverse.requests_log == []
 
 
-def test_deleted_mailbox_completes_quietly(secret_deployment: Deployment) -> None:
+def test_deleted_mailbox_completes_quietly(
+    secret_deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrails.audit")
     deployment = secret_deployment
     message = deployment.user_change({"incomingemaildeliverymethod": 3})
     trimmed = oversize(json.loads(message.body))
     trimmed["PrimaryEntityId"] = "0b0b0b0b-0000-4000-8000-000000000000"
     deployment.run(service_bus_message(to_body(trimmed)))
     assert deployment.patches() == []
+    (record,) = audit_records(caplog)
+    assert record["result"] == "NothingToDo"
+    assert record["mailbox_id"] == "0b0b0b0b-0000-4000-8000-000000000000"
+    assert "no longer exists" in record["result_reason"]
 
 
 def test_start_up_lists_every_settings_problem(

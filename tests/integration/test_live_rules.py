@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from guardrails.errors import PermanentFailure
+from guardrails.sandbox.dataverse import PendingWrite
 from guardrails.worker import RetryableFailure
 from tests.integration.conftest import Deployment, audit_records, deploy
 
@@ -142,3 +143,32 @@ def test_token_refused_even_when_fresh_is_retried_later_with_the_fix(
             deployment.run(message)
         statuses = [r.status for r in deployment.sandbox.dataverse.requests_log]
         assert statuses == [401, 401]  # exactly one refresh, then it stops
+
+
+def test_refused_approval_restore_is_recorded_and_the_revert_stands(
+    live: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrails.audit")
+    dataverse = live.sandbox.dataverse
+    message = live.user_change({"emailaddress": "megan.ceo@contoso.com"})
+
+    def refuse_the_next_write(pending: PendingWrite) -> None:
+        remove()  # inside the revert's PATCH: the approval PATCH that follows is refused
+        dataverse.inject(
+            403,
+            method="PATCH",
+            body={
+                "error": {"code": "0x80040220", "message": "missing prvApproveRejectEmailAddress"}
+            },
+        )
+
+    remove = dataverse.before_write(refuse_the_next_write)
+    live.run(message)
+
+    assert [p.status for p in live.patches()] == [204, 403]
+    assert live.row()["emailaddress"] == "adele@contoso.com"
+    (record,) = audit_records(caplog)
+    assert record["result"] == "Done"
+    assert "restoring approval failed" in record["errors"][0]
+    assert "prvApproveRejectEmailAddress" in record["errors"][0]
+    assert record["notified"] == ["adele@contoso.com"]
