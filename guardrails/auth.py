@@ -62,6 +62,13 @@ class MsalTokenProvider:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._app: Any = None
+        # Read the certificate now: a bad file is a start-up error, not a first-message one.
+        self._certificate: dict[str, str] | None = None
+        if credentials.kind == "certificate":
+            assert credentials.certificate_path is not None
+            self._certificate = certificate_credential(
+                credentials.certificate_path.read_bytes(), credentials.certificate_password
+            )
 
     @property
     def kind(self) -> str:
@@ -82,13 +89,7 @@ class MsalTokenProvider:
                 else msal.SystemAssignedManagedIdentity()
             )
             return msal.ManagedIdentityClient(identity, http_client=self._session)
-        if creds.kind == "certificate":
-            assert creds.certificate_path is not None
-            secret: Any = certificate_credential(
-                creds.certificate_path.read_bytes(), creds.certificate_password
-            )
-        else:
-            secret = creds.client_secret
+        secret: Any = self._certificate or creds.client_secret
         try:
             return msal.ConfidentialClientApplication(
                 creds.client_id,
