@@ -1,0 +1,34 @@
+import time
+from email.utils import formatdate
+
+import pytest
+
+from guardrails.http import RetryPolicy, retry_after_seconds
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("7", 7.0), ("0.5", 0.5), ("-3", 0.0), (None, None), ("", None), ("soon", None)],
+)
+def test_retry_after_in_seconds(header: str | None, expected: float | None) -> None:
+    assert retry_after_seconds(header) == expected
+
+
+def test_retry_after_as_an_http_date() -> None:
+    header = formatdate(time.time() + 30, usegmt=True)
+    seconds = retry_after_seconds(header)
+    assert seconds is not None
+    assert 27 <= seconds <= 30
+    assert retry_after_seconds(formatdate(time.time() - 60, usegmt=True)) == 0.0
+
+
+def test_back_off_grows_is_capped_and_jittered() -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=4.0)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 4.0)]:
+        delays = [policy.delay(attempt, None) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1  # jitter spreads retries from many workers
+
+
+def test_the_services_own_wait_wins() -> None:
+    assert RetryPolicy().delay(1, 12.5) == 12.5
