@@ -114,10 +114,6 @@ class Decision:
     notes: tuple[str, ...] = ()
     event: MailboxEvent | None = field(default=None, compare=False, repr=False)
 
-    @property
-    def writes(self) -> bool:
-        return bool(self.patch)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome.value,

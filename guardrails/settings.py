@@ -67,10 +67,6 @@ class Settings:
     http_timeout: float = 30.0
 
     @property
-    def dataverse_scope(self) -> str:
-        return f"{self.dataverse_url}/.default"
-
-    @property
     def graph_scope(self) -> str:
         return f"{self.graph_url}/.default"
 

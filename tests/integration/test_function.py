@@ -41,6 +41,13 @@ def test_violating_update_is_reverted_with_one_patch_and_one_mail(
     assert deployment.row()["incomingemaildeliverymethod"] == 2
     # No read was needed: the message carried the row version and the changed values.
     assert deployment.sandbox.dataverse.count("GET", "mailboxes") == 0
+    # The client's own count agrees: WhoAmI once, the initiator and owner (one user, with
+    # roles for the exemption check), and the write.
+    assert deployment.app.worker.executor.dataverse.request_counts == {
+        "GET WhoAmI": 1,
+        "GET systemusers": 2,
+        "PATCH mailboxes": 1,
+    }
 
     (mail,) = deployment.sandbox.graph.sent
     assert mail.sender == "guardrails@contoso.com"

@@ -31,7 +31,6 @@ def base_env(**overrides: str) -> dict[str, str]:
 def test_complete_settings_with_secret(app_root: Path) -> None:
     settings = load_settings(base_env(), app_root=app_root)
     assert settings.dataverse_url == "https://contoso.crm.dynamics.com"
-    assert settings.dataverse_scope == "https://contoso.crm.dynamics.com/.default"
     assert settings.graph_scope == "https://graph.microsoft.com/.default"
     assert settings.credentials.kind == "client_secret"
     assert settings.credentials.authority == f"https://login.microsoftonline.com/{TENANT}"
