@@ -76,7 +76,6 @@ def test_delivery_method_violation(baseline, column: Column, value: int, expecte
     assert violation.enforced is True
     assert decision.patch == {column: expected}
     assert decision.to_dict()["patch"] == {column.value: expected}
-    assert decision.writes is True
     assert decision.unverified == ()
     assert decision.reason.startswith("Reverting")
 
@@ -152,7 +151,7 @@ def test_change_back_to_compliant_values(baseline, changes: dict[str, int]) -> N
     assert decision.violations == ()
     assert decision.patch == {}
     assert decision.to_dict()["patch"] == {}
-    assert decision.writes is False
+    assert not decision.patch
 
 
 def test_the_back_to_compliant_example_message(baseline) -> None:
@@ -193,7 +192,7 @@ def test_email_address_change_without_pre_image(baseline) -> None:
     assert "no safe address" in violation.message
     assert decision.patch == {}
     assert decision.to_dict()["patch"] == {}
-    assert decision.writes is False
+    assert not decision.patch
 
 
 def test_restore_approval_after_reverting_an_address() -> None:
