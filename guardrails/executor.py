@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from guardrails.audit import AuditSink, audit_record
 from guardrails.dataverse import DataverseClient, etag_for
-from guardrails.engine import Decision, Fact, Facts, Outcome, decide
+from guardrails.engine import Decision, Fact, Facts, Outcome, UserFacts, decide
 from guardrails.errors import (
     AuthenticationError,
     GuardrailsError,
@@ -191,22 +191,29 @@ class Executor:
             elif fact is Fact.INITIATOR and facts.initiator is None:
                 user_id = attempt.context.initiating_user_id
                 if user_id:
-                    facts = replace(
-                        facts, initiator=self.dataverse.get_user(user_id, with_roles=True)
-                    )
+                    facts = replace(facts, initiator=self._user(attempt, user_id, with_roles=True))
                     learned = True
             elif (
                 fact is Fact.OWNER
                 and decision.owner_user_id
                 and (facts.owner is None or facts.owner.id != decision.owner_user_id)
             ):
-                facts = replace(facts, owner=self.dataverse.get_user(decision.owner_user_id))
+                facts = replace(facts, owner=self._user(attempt, decision.owner_user_id))
                 learned = True
             elif fact is Fact.ORGANIZATION_DEFAULTS and facts.organization_defaults is None:
                 facts = replace(facts, organization_defaults=self.dataverse.organization_defaults())
                 learned = True
         attempt.facts = facts
         return learned
+
+    def _user(self, attempt: _Attempt, user_id: str, *, with_roles: bool = False) -> UserFacts:
+        """A user, or one known only by id: someone Dataverse cannot show proves no exemption
+        and has no address to mail, but must not stop the revert."""
+        try:
+            return self.dataverse.get_user(user_id, with_roles=with_roles)
+        except NotFound as exc:
+            attempt.errors.append(f"user {user_id} could not be read: {exc.message}")
+            return UserFacts(id=user_id)
 
     def _write(self, attempt: _Attempt, decision: Decision) -> tuple[Decision, bool]:
         """PATCH with If-Match; on 412 read the row, decide again, and retry (bounded)."""
@@ -245,7 +252,7 @@ class Executor:
             and decision.owner_user_id
             and (owner is None or owner.id != decision.owner_user_id)
         ):
-            owner = self.dataverse.get_user(decision.owner_user_id)
+            owner = self._user(attempt, decision.owner_user_id)
         to = recipients(decision, owner.email if owner else None)
         if to is None:
             return ()

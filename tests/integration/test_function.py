@@ -11,7 +11,7 @@ import pytest
 from guardrails.errors import ConfigurationError, PermanentFailure
 from guardrails.mailbox import GUARDRAIL_TAG
 from guardrails.sandbox.dataverse import PendingWrite
-from guardrails.sandbox.messages import oversize, to_body
+from guardrails.sandbox.messages import mailbox_message, oversize, to_body
 from guardrails.worker import RetryableFailure
 from tests.integration.conftest import (
     Deployment,
@@ -302,3 +302,42 @@ def test_start_up_reports_policy_errors_with_positions(
         with pytest.raises(ConfigurationError, match=r"policy\.yaml:5:7: mode"):
             load_function_app()
         assert deployment.sandbox.identity.token_requests == 0  # start-up did no network I/O
+
+
+def test_created_mailbox_is_compared_with_the_defaults(
+    secret_deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrails.audit")
+    deployment = secret_deployment
+    sandbox = deployment.sandbox
+    user_id, mailbox_id = sandbox.add_person("New Hire", "new.hire@contoso.com", outgoing=1)
+    row = sandbox.dataverse.mailbox(mailbox_id)
+    created = mailbox_message(
+        message="Create",
+        mailbox_id=mailbox_id,
+        organization_id=sandbox.dataverse.organization_id,
+        user_id="a0a0a0a0-0000-4000-8000-000000000000",  # the system, creating the user
+        changes={
+            "name": "New Hire",
+            "emailaddress": row["emailaddress"],
+            "incomingemaildeliverymethod": 2,
+            "outgoingemaildeliverymethod": 1,
+            "actdeliverymethod": 1,
+            "regardingobjectid": ("systemuser", user_id),
+            "ownerid": user_id,
+        },
+    )
+
+    deployment.run(service_bus_message(to_body(created)))
+
+    assert sandbox.dataverse.count("GET", "mailboxes") == 1  # no row version: read for the ETag
+    (patch,) = deployment.patches()
+    assert patch.json == {"outgoingemaildeliverymethod": 2}
+    assert patch.headers["if-match"] == f'W/"{row["versionnumber"]}"'
+    (mail,) = sandbox.graph.sent
+    assert mail.to == ["new.hire@contoso.com"]
+    # The creator could not be read (so could prove no exemption); that is recorded, and the
+    # revert went ahead.
+    (record,) = audit_records(caplog)
+    assert record["result"] == "Done"
+    assert "a0a0a0a0-0000-4000-8000-000000000000 could not be read" in record["errors"][0]
