@@ -182,29 +182,38 @@ class Executor:
 
     def _resolve(self, attempt: _Attempt, decision: Decision) -> bool:
         """Look up the facts `decision` lacked; False when nothing more can be learned."""
-        facts = attempt.facts
         learned = False
         for fact in decision.unverified:
+            facts = attempt.facts
+            initiator_id = attempt.context.initiating_user_id
             if fact is Fact.MAILBOX_STATE and attempt.state is None:
                 attempt.state = self.dataverse.get_mailbox(attempt.context.primary_entity_id)
-                learned = True
-            elif fact is Fact.INITIATOR and facts.initiator is None:
-                user_id = attempt.context.initiating_user_id
-                if user_id:
-                    facts = replace(facts, initiator=self._user(attempt, user_id, with_roles=True))
-                    learned = True
-            elif (
-                fact is Fact.OWNER
-                and decision.owner_user_id
-                and (facts.owner is None or facts.owner.id != decision.owner_user_id)
-            ):
-                facts = replace(facts, owner=self._user(attempt, decision.owner_user_id))
-                learned = True
+            elif fact is Fact.INITIATOR and facts.initiator is None and initiator_id:
+                initiator = self._user(attempt, initiator_id, with_roles=True)
+                attempt.facts = replace(facts, initiator=initiator)
+            elif fact is Fact.OWNER and self._owner_unknown(attempt, decision):
+                self._owner(attempt, decision)
             elif fact is Fact.ORGANIZATION_DEFAULTS and facts.organization_defaults is None:
-                facts = replace(facts, organization_defaults=self.dataverse.organization_defaults())
-                learned = True
-        attempt.facts = facts
+                defaults = self.dataverse.organization_defaults()
+                attempt.facts = replace(facts, organization_defaults=defaults)
+            else:
+                continue
+            learned = True
         return learned
+
+    @staticmethod
+    def _owner_unknown(attempt: _Attempt, decision: Decision) -> bool:
+        owner = attempt.facts.owner
+        return decision.owner_user_id is not None and (
+            owner is None or owner.id != decision.owner_user_id
+        )
+
+    def _owner(self, attempt: _Attempt, decision: Decision) -> UserFacts | None:
+        """The mailbox's owner, looked up once per message and kept in the facts."""
+        if decision.owner_user_id is not None and self._owner_unknown(attempt, decision):
+            owner = self._user(attempt, decision.owner_user_id)
+            attempt.facts = replace(attempt.facts, owner=owner)
+        return attempt.facts.owner
 
     def _user(self, attempt: _Attempt, user_id: str, *, with_roles: bool = False) -> UserFacts:
         """A user, or one known only by id: someone Dataverse cannot show proves no exemption
@@ -224,9 +233,7 @@ class Executor:
         elif event is not None and event.row_version and not event.incomplete:
             etag = etag_for(event.row_version)
         else:
-            attempt.state = self.dataverse.get_mailbox(mailbox_id)
-            decision = self._decide(attempt)
-            etag = attempt.state.etag or "*"
+            decision, etag = self._reread(attempt)
         for _ in range(self.max_conflicts):
             if not decision.patch:
                 return decision, False
@@ -237,22 +244,20 @@ class Executor:
                 return decision, True
             except PreconditionFailed:
                 # Someone changed the row since: never overwrite blindly, look again.
-                attempt.state = self.dataverse.get_mailbox(mailbox_id)
-                decision = self._decide(attempt)
-                etag = attempt.state.etag or "*"
+                decision, etag = self._reread(attempt)
         raise _Conflict(mailbox_id, self.max_conflicts)
+
+    def _reread(self, attempt: _Attempt) -> tuple[Decision, str]:
+        """Read the row as it is now and decide again on it; its ETag guards the next write."""
+        state = self.dataverse.get_mailbox(attempt.context.primary_entity_id)
+        attempt.state = state
+        return self._decide(attempt), state.etag or "*"
 
     def _notify(self, attempt: _Attempt, decision: Decision, *, wrote: bool) -> tuple[str, ...]:
         settings = self.policy.notifications
         if not settings.enabled or self.mailer is None or settings.sender is None or self.dry_run:
             return ()
-        owner = attempt.facts.owner
-        if (
-            decision.notify_owner
-            and decision.owner_user_id
-            and (owner is None or owner.id != decision.owner_user_id)
-        ):
-            owner = self._user(attempt, decision.owner_user_id)
+        owner = self._owner(attempt, decision) if decision.notify_owner else attempt.facts.owner
         to = recipients(decision, owner.email if owner else None)
         if to is None:
             return ()
