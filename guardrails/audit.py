@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from guardrails.mailbox import webapi_body
 from guardrails.values import to_json
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def audit_record(
             reason=decision.reason,
             rules=sorted({v.rule for v in decision.violations}),
             before={v.column.value: to_json(v.actual) for v in decision.violations},
-            after=decision.to_dict()["patch"],
+            after=webapi_body(decision.patch),
             violations=[v.to_dict() for v in decision.violations],
             changed=sorted(c.value for c in event.changed) if event else [],
             unverified=[f.value for f in decision.unverified],

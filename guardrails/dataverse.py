@@ -10,7 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import requests
@@ -203,15 +203,7 @@ class DataverseClient(ApiClient):
         if not with_roles:
             return user
         role_ids, role_names = self._roles.get(user_id.lower(), lambda: self._load_roles(user_id))
-        return UserFacts(
-            id=user.id,
-            email=user.email,
-            name=user.name,
-            upn=user.upn,
-            role_ids=role_ids,
-            role_names=role_names,
-            disabled=user.disabled,
-        )
+        return replace(user, role_ids=role_ids, role_names=role_names)
 
     def _load_user(self, user_id: str) -> UserFacts:
         data = self.request(

@@ -419,7 +419,7 @@ class _Decider:
             return None
         return owner.email
 
-    def email_problems(self, address: Value, *, for_owner: bool = True) -> list[str]:
+    def email_problems(self, address: Value) -> list[str]:
         rule = self.policy.rules.email_address
         assert rule is not None
         problems: list[str] = []
@@ -430,7 +430,7 @@ class _Decider:
         is_user_mailbox = self.owner_user_id() is not None and (
             (reg := self.regarding()) is None or reg.logical_name == "systemuser"
         )
-        if for_owner and rule.must_match_owner and is_user_mailbox:
+        if rule.must_match_owner and is_user_mailbox:
             owner_email = self.owner_email()
             if owner_email is not None and text.lower() != owner_email.lower():
                 problems.append(f"it is not the owner's address {owner_email}")
@@ -454,9 +454,7 @@ class _Decider:
             candidates.append(event.previous[Column.EMAIL])
         if rule.must_match_owner and self.facts.owner is not None:
             candidates.append(self.facts.owner.email)
-        expected = next(
-            (c for c in candidates if c and not self.email_problems(c, for_owner=True)), None
-        )
+        expected = next((c for c in candidates if c and not self.email_problems(c)), None)
         reverts = "" if expected is not None else " (no safe address is known to revert to)"
         return Violation(
             rule="email_address",

@@ -150,16 +150,15 @@ class ApiClient:
     def error(self, response: requests.Response, method: str, url: str) -> ServiceError:
         code, message = _error_body(response)
         status = response.status_code
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         kwargs: dict[str, Any] = {"status": status, "code": code, "method": method, "url": url}
         if status == 429:
-            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             return Throttled(self.service, message, retry_after=retry_after, **kwargs)
         if status == 404:
             return NotFound(self.service, message, **kwargs)
         if status == 412:
             return PreconditionFailed(self.service, message, **kwargs)
         if status in _TRANSIENT_STATUS:
-            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             return TransientServiceError(self.service, message, retry_after=retry_after, **kwargs)
         return PermanentServiceError(self.service, message, **kwargs)
 
