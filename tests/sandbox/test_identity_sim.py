@@ -127,6 +127,20 @@ def test_unknown_client_and_tenant(idp: IdentitySimulator) -> None:
     assert response.json()["error"] == "invalid_request"
 
 
+def _secret_grant(idp: IdentitySimulator, scope: str = f"{RESOURCE}/.default") -> requests.Response:
+    """A client-credentials request with the registered secret, sent as a plain form."""
+    return requests.post(
+        idp.token_endpoint(TENANT),
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT,
+            "client_secret": SECRET,
+            "scope": scope,
+        },
+        timeout=5,
+    )
+
+
 @pytest.mark.parametrize("style", ["thumbprint", "public_certificate", "both"])
 def test_certificate_credential(
     idp: IdentitySimulator, certificate: tuple[Path, str], style: str
@@ -220,16 +234,7 @@ def test_hand_made_assertions_are_checked(
     ],
 )
 def test_scope_must_be_one_default_scope(idp: IdentitySimulator, scope: str, error: str) -> None:
-    response = requests.post(
-        idp.token_endpoint(TENANT),
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT,
-            "client_secret": SECRET,
-            "scope": scope,
-        },
-        timeout=5,
-    )
+    response = _secret_grant(idp, scope)
     assert response.status_code == 400
     assert response.json()["error"] == error
 
@@ -258,16 +263,7 @@ def test_basic_authentication_and_grant_type(idp: IdentitySimulator) -> None:
 
 def test_token_lifetime_is_configurable(idp: IdentitySimulator) -> None:
     idp.token_lifetime = 0
-    response = requests.post(
-        idp.token_endpoint(TENANT),
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT,
-            "client_secret": SECRET,
-            "scope": f"{RESOURCE}/.default",
-        },
-        timeout=5,
-    )
+    response = _secret_grant(idp)
     body = response.json()
     assert body["expires_in"] == 0
     assert not idp.validate(body["access_token"], RESOURCE)
@@ -356,16 +352,7 @@ def test_msi_endpoint_wire_format(idp: IdentitySimulator) -> None:
 
 def test_injected_fault_on_token_endpoint(idp: IdentitySimulator) -> None:
     idp.inject(429, retry_after=1, path_contains="/oauth2/")
-    response = requests.post(
-        idp.token_endpoint(TENANT),
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT,
-            "client_secret": SECRET,
-            "scope": f"{RESOURCE}/.default",
-        },
-        timeout=5,
-    )
+    response = _secret_grant(idp)
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "1"
     assert response.json()["error"] == "temporarily_unavailable"
