@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from guardrails.mailbox import webapi_body
+from guardrails.outcomes import Result
 from guardrails.values import to_json
-
-if TYPE_CHECKING:
-    from guardrails.executor import Result
 
 AuditSink = Callable[[dict[str, Any]], None]
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from guardrails.audit import AuditSink, audit_record
-from guardrails.dataverse import DataverseClient, etag_for
+from guardrails.clients.dataverse import DataverseClient, etag_for
+from guardrails.clients.graph import Mail
 from guardrails.engine import Decision, Fact, Facts, Outcome, UserFacts, decide
 from guardrails.errors import (
     AuthenticationError,
@@ -22,54 +23,18 @@ from guardrails.errors import (
     PreconditionFailed,
     ServiceError,
 )
-from guardrails.graph import Mail
 from guardrails.mailbox import GUARDRAIL_TAG, MailboxState, webapi_body
 from guardrails.message import ExecutionContext, Rejection, parse_message
-from guardrails.notify import NotificationThrottle, recipients, render
+from guardrails.notify import NotificationThrottle, recipients
+from guardrails.outcomes import DEFAULT_RETRY_DELAY, Done, GiveUp, NothingToDo, Result, RetryLater
 from guardrails.policy.model import Policy
+from guardrails.render import render
 
 APPROVED = 1
-DEFAULT_RETRY_DELAY = 30.0
 
 
 class Mailer(Protocol):
     def send_mail(self, mail: Mail) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """The decision was carried out (a write, a notification, or both)."""
-
-    decision: Decision
-    wrote: bool = False
-    notified: tuple[str, ...] = ()
-    errors: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class NothingToDo:
-    decision: Decision | None
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryLater:
-    """May succeed later (throttling, an outage); `delay` is the wait the service asked for."""
-
-    reason: str
-    delay: float = DEFAULT_RETRY_DELAY
-    decision: Decision | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GiveUp:
-    """Can never succeed as it is; `reason` says what a person must change."""
-
-    reason: str
-    decision: Decision | None = None
-
-
-Result = Done | NothingToDo | RetryLater | GiveUp
 
 
 @dataclass(slots=True)

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from guardrails.audit import AuditSink, configure_logging, structlog_sink
-from guardrails.auth import MsalTokenProvider, TokenProvider
-from guardrails.dataverse import DataverseClient
+from guardrails.clients.auth import MsalTokenProvider, TokenProvider
+from guardrails.clients.dataverse import DataverseClient
+from guardrails.clients.graph import GraphClient
+from guardrails.clients.http import RetryPolicy, new_session
 from guardrails.errors import ConfigurationError, GuardrailsError, PermanentFailure
-from guardrails.executor import Done, Executor, GiveUp, NothingToDo, Result, RetryLater
-from guardrails.graph import GraphClient
-from guardrails.http import RetryPolicy, new_session
+from guardrails.executor import Executor
+from guardrails.outcomes import Done, GiveUp, NothingToDo, Result, RetryLater
 from guardrails.policy import PolicyError, load_policy
 from guardrails.settings import Settings, load_settings
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from guardrails.errors import GuardrailsError
-from guardrails.executor import Done, Result
+from guardrails.outcomes import Done, Result
 from guardrails.sandbox.environment import QueuedMessage, Sandbox, patched_environ
 from guardrails.settings import load_settings
 from guardrails.worker import Worker, build_worker

@@ -5,9 +5,9 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from guardrails.auth import MsalTokenProvider, certificate_credential
+from guardrails.clients.auth import MsalTokenProvider, certificate_credential
+from guardrails.clients.http import new_session
 from guardrails.errors import ConfigurationError
-from guardrails.http import new_session
 from guardrails.settings import Credentials
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"

@@ -1,7 +1,8 @@
 from guardrails.engine import Decision, Outcome, Violation
 from guardrails.mailbox import Column
-from guardrails.notify import NotificationThrottle, recipients, render
+from guardrails.notify import NotificationThrottle, recipients
 from guardrails.policy.model import Notifications
+from guardrails.render import render
 
 HOSTILE = '<script>alert("x")</script>@evil.example'
 

@@ -3,7 +3,7 @@ from email.utils import formatdate
 
 import pytest
 
-from guardrails.http import RetryPolicy, retry_after_seconds
+from guardrails.clients.http import RetryPolicy, retry_after_seconds
 
 
 @pytest.mark.parametrize(

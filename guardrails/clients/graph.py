@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from guardrails.http import ApiClient
+from guardrails.clients.http import ApiClient
 
 
 @dataclass(frozen=True, slots=True)

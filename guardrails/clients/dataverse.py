@@ -15,10 +15,10 @@ from typing import Any, Generic, TypeVar
 
 import requests
 
-from guardrails.auth import TokenProvider
+from guardrails.clients.auth import TokenProvider
+from guardrails.clients.http import ApiClient, RetryPolicy
 from guardrails.engine import UserFacts
 from guardrails.errors import PermanentServiceError
-from guardrails.http import ApiClient, RetryPolicy
 from guardrails.mailbox import GUARDRAIL_TAG, Column, MailboxState
 from guardrails.values import EntityReference, Value
 

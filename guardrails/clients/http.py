@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from guardrails.auth import TokenProvider
+from guardrails.clients.auth import TokenProvider
 from guardrails.errors import (
     AuthenticationError,
     NotFound,

@@ -1,0 +1,50 @@
+"""What became of a message, as data: done, nothing to do, retry at a time, give up with a reason.
+
+The executor returns one of these; one place (settlement) decides what each means for the
+Service Bus message, and the audit record is built from it. Kept apart from the executor so that
+the audit, settlement and the sweep can use them without importing the executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guardrails.engine import Decision
+
+DEFAULT_RETRY_DELAY = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The decision was carried out (a write, a notification, or both)."""
+
+    decision: Decision
+    wrote: bool = False
+    notified: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NothingToDo:
+    decision: Decision | None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """May succeed later (throttling, an outage); `delay` is the wait the service asked for."""
+
+    reason: str
+    delay: float = DEFAULT_RETRY_DELAY
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Can never succeed as it is; `reason` says what a person must change."""
+
+    reason: str
+    decision: Decision | None = None
+
+
+Result = Done | NothingToDo | RetryLater | GiveUp
