@@ -46,6 +46,7 @@ class Fact(StrEnum):
     MAILBOX_STATE = "mailbox_state"
     INITIATOR = "initiator"
     OWNER = "owner"
+    QUEUE = "queue"
     ORGANIZATION_DEFAULTS = "organization_defaults"
 
 
@@ -61,12 +62,24 @@ class UserFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueFacts:
+    """A queue as Dataverse has it: its own address, and the person answerable for it."""
+
+    id: str
+    name: str | None = None
+    email: str | None = None
+    # The owning user, or for a team-owned queue the team's administrator.
+    owner_user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     """What the executor looked up; None means not known (offline, or not needed yet)."""
 
     guardrail_user_id: str | None = None
     initiator: UserFacts | None = None
     owner: UserFacts | None = None
+    queue: QueueFacts | None = None
     # Delivery-method columns -> int, and Column.SERVER_PROFILE -> the profile's id.
     organization_defaults: Mapping[Column, int | str] | None = None
 
@@ -112,6 +125,9 @@ class Decision:
     notify_also: tuple[str, ...] = ()
     unverified: tuple[Fact, ...] = ()
     notes: tuple[str, ...] = ()
+    # Set when a violation cannot be put right by the guardrail (no safe value is known): the
+    # admins are told that the mailbox needs a person.
+    attention: str | None = None
     event: MailboxEvent | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +148,32 @@ class Decision:
             "notify_also": list(self.notify_also),
             "unverified": [fact.value for fact in self.unverified],
             "notes": list(self.notes),
+            "attention": self.attention,
         }
+
+
+def own_addresses(
+    facts: Facts, regarding: EntityReference | None
+) -> tuple[frozenset[str], str | None] | None:
+    """The addresses that are a mailbox's own, lower-cased, and the one a revert restores.
+
+    A user mailbox owns its owner's primary email (`internalemailaddress`) and sign-in name
+    (`domainname`): the test Dataverse applies to self-approval. A queue mailbox owns its queue's
+    address. The second item is the primary email (or the queue's address). None when the
+    directory facts for `regarding` are not known yet.
+    """
+    if regarding is None or regarding.logical_name not in ("systemuser", "queue"):
+        return frozenset(), None
+    if regarding.logical_name == "queue":
+        queue = facts.queue
+        if queue is None or queue.id != regarding.id:
+            return None
+        return frozenset({queue.email.lower()} if queue.email else ()), queue.email
+    owner = facts.owner
+    if owner is None or owner.id != regarding.id:
+        return None
+    own = frozenset(address.lower() for address in (owner.email, owner.upn) if address)
+    return own, owner.email
 
 
 def reject(rejection: Rejection) -> Decision:
@@ -160,6 +201,7 @@ class _Decider:
         self.state = state
         self.unverified: list[Fact] = []
         self.notes: list[str] = []
+        self.attention: str | None = None
         self.event: MailboxEvent | None = None
 
     def need(self, fact: Fact) -> None:
@@ -180,16 +222,28 @@ class _Decider:
             owner_user_id=self.owner_user_id(),
             unverified=tuple(self.unverified),
             notes=tuple(self.notes),
+            attention=self.attention,
             event=self.event,
             **kwargs,
         )
 
     def owner_user_id(self) -> str | None:
-        """Whose mailbox this is: the regarding user, or for a queue its owning user."""
-        for ref in (self.regarding(), self.owner()):
-            if ref is not None and ref.logical_name == "systemuser":
-                return ref.id
-        return None
+        """Who answers for this mailbox: its regarding user, or for a queue the queue's owning
+        user (a team-owned queue's team administrator), once the queue has been looked up."""
+        regarding = self.regarding()
+        if regarding is None:
+            owner = self.owner()
+            return owner.id if owner is not None and owner.logical_name == "systemuser" else None
+        if regarding.logical_name == "systemuser":
+            return regarding.id
+        queue = self.queue_facts(regarding)
+        return queue.owner_user_id if queue is not None else None
+
+    def queue_facts(self, regarding: EntityReference) -> QueueFacts | None:
+        queue = self.facts.queue
+        if regarding.logical_name != "queue" or queue is None or queue.id != regarding.id:
+            return None
+        return queue
 
     def regarding(self) -> EntityReference | None:
         if self.state is not None and self.state.regarding is not None:
@@ -226,10 +280,15 @@ class _Decider:
 
     def exemption(self, event: MailboxEvent) -> Decision | None:
         initiator = event.initiating_user_id
-        if GUARDRAIL_TAG in event.tags or (
-            initiator is not None and initiator == self.facts.guardrail_user_id
-        ):
+        # Recognised by who made the change, never by what the message says about itself: any
+        # caller can put the guardrail's tag on a request.
+        if self.facts.guardrail_user_id in event.initiators:
             return self.decision(Outcome.IGNORED, "The guardrail's own write.")
+        if GUARDRAIL_TAG in event.tags:
+            self.notes.append(
+                f"The request carries the tag '{GUARDRAIL_TAG}', but it was not made by the "
+                "guardrail's application user; the tag exempts nothing."
+            )
         exemptions = self.policy.exemptions
         if event.mailbox_id in exemptions.mailboxes:
             return self.decision(Outcome.IGNORED, "The mailbox is exempt.")
@@ -340,6 +399,15 @@ class _Decider:
         email_rule = self.policy.rules.email_address
         notifications = self.policy.notifications
         enforced = any(v.enforced for v in violations)
+        notify_owner = notifications.enabled and notifications.notify_owner and enforced
+        regarding = self.regarding()
+        queue_unknown = (
+            regarding is not None
+            and regarding.logical_name == "queue"
+            and self.queue_facts(regarding) is None
+        )
+        if notify_owner and queue_unknown:
+            self.need(Fact.QUEUE)  # the queue's owner is the one to tell
         summary = "; ".join(v.message for v in violations)
         action = "Reverting" if patch else "Recording"
         return self.decision(
@@ -350,7 +418,7 @@ class _Decider:
             restore_approval=bool(
                 email_rule and email_rule.restore_approval and Column.EMAIL in patch
             ),
-            notify_owner=notifications.enabled and notifications.notify_owner and enforced,
+            notify_owner=notify_owner,
             notify_also=notifications.extra_recipients if notifications.enabled else (),
         )
 
@@ -412,29 +480,66 @@ class _Decider:
             f"the organization uses {expected.id}",
         )
 
-    def owner_email(self) -> str | None:
-        owner = self.facts.owner
-        if owner is None or owner.id != self.owner_user_id():
-            self.need(Fact.OWNER)
+    def own_addresses(self, *, trusted: bool) -> tuple[frozenset[str], str | None] | None:
+        """This mailbox's own addresses (see `own_addresses`), or None after asking for facts.
+
+        With `trusted`, whose mailbox it is comes only from the row read from Dataverse, never
+        from the message, because the address it yields is written and approved.
+        """
+        if trusted and self.state is None:
+            self.need(Fact.MAILBOX_STATE)
             return None
-        return owner.email
+        regarding = self.state.regarding if trusted and self.state else self.regarding()
+        if regarding is None and self.state is None:
+            self.need(Fact.MAILBOX_STATE)
+            return None
+        own = own_addresses(self.facts, regarding)
+        if own is None:
+            assert regarding is not None
+            self.need(Fact.QUEUE if regarding.logical_name == "queue" else Fact.OWNER)
+        return own
+
+    def domain_problem(self, text: str) -> str | None:
+        rule = self.policy.rules.email_address
+        assert rule is not None
+        domain = text.rpartition("@")[2].lower()
+        if rule.allowed_domains and domain not in rule.allowed_domains:
+            return f"{domain or 'an empty address'} is not an allowed domain"
+        return None
 
     def email_problems(self, address: Value) -> list[str]:
         rule = self.policy.rules.email_address
         assert rule is not None
-        problems: list[str] = []
         text = address if isinstance(address, str) else ""
-        domain = text.rpartition("@")[2].lower()
-        if rule.allowed_domains and domain not in rule.allowed_domains:
-            problems.append(f"{domain or 'an empty address'} is not an allowed domain")
-        is_user_mailbox = self.owner_user_id() is not None and (
-            (reg := self.regarding()) is None or reg.logical_name == "systemuser"
-        )
-        if rule.must_match_owner and is_user_mailbox:
-            owner_email = self.owner_email()
-            if owner_email is not None and text.lower() != owner_email.lower():
-                problems.append(f"it is not the owner's address {owner_email}")
+        problems = [problem for problem in (self.domain_problem(text),) if problem]
+        if rule.must_match_owner:
+            own = self.own_addresses(trusted=False)
+            if own is not None and text.lower() not in own[0]:
+                home = own[1] or "(none known)"
+                problems.append(f"it is not the owner's address {home}")
         return problems
+
+    def revert_address(self, event: MailboxEvent, changed: bool) -> str | None:
+        """The address a revert writes: the previous one if it is the mailbox's own, else the
+        owner's primary email (a queue's address); never a value only the message vouches for."""
+        own = self.own_addresses(trusted=True)
+        if own is None:
+            return None
+        owned, home = own
+        candidates: list[str] = []
+        previous = event.previous.get(Column.EMAIL) if changed else None
+        if isinstance(previous, str) and previous.lower() in owned:
+            candidates.append(previous)
+        if home:
+            candidates.append(home)
+        for candidate in candidates:
+            if self.domain_problem(candidate) is None:
+                return candidate
+        self.attention = (
+            "no address of the mailbox's own owner is known or allowed, so the guardrail wrote "
+            "no address: the mailbox needs a person to set it"
+        )
+        return None
 
     def check_email(self, event: MailboxEvent, value: Value) -> Violation | None:
         rule = self.policy.rules.email_address
@@ -449,13 +554,15 @@ class _Decider:
         problems += self.email_problems(value)
         if not problems:
             return None
-        candidates: list[Value] = []
-        if changed and Column.EMAIL in event.previous:
-            candidates.append(event.previous[Column.EMAIL])
-        if rule.must_match_owner and self.facts.owner is not None:
-            candidates.append(self.facts.owner.email)
-        expected = next((c for c in candidates if c and not self.email_problems(c)), None)
-        reverts = "" if expected is not None else " (no safe address is known to revert to)"
+        expected = self.revert_address(event, changed)
+        if expected is not None:
+            reverts = ""
+        elif self.attention is None and any(
+            fact in self.unverified for fact in (Fact.MAILBOX_STATE, Fact.OWNER, Fact.QUEUE)
+        ):
+            reverts = " (the address to restore is the owner's own, looked up in Dataverse)"
+        else:
+            reverts = " (no safe address is known to revert to)"
         return Violation(
             rule="email_address",
             column=Column.EMAIL,

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from guardrails.audit import AuditSink, audit_record
 from guardrails.clients.dataverse import DataverseClient, etag_for
 from guardrails.clients.graph import Mail
-from guardrails.engine import Decision, Fact, Facts, Outcome, UserFacts, decide
+from guardrails.engine import Decision, Fact, Facts, Outcome, UserFacts, decide, own_addresses
 from guardrails.errors import (
     AuthenticationError,
     GuardrailsError,
@@ -23,12 +23,13 @@ from guardrails.errors import (
     PreconditionFailed,
     ServiceError,
 )
-from guardrails.mailbox import GUARDRAIL_TAG, MailboxState, webapi_body
-from guardrails.message import ExecutionContext, Rejection, parse_message
+from guardrails.mailbox import GUARDRAIL_TAG, Column, MailboxState, webapi_body
+from guardrails.message import DEFAULT_MAX_BODY_BYTES, ExecutionContext, Rejection, parse_message
 from guardrails.notify import NotificationThrottle, recipients
 from guardrails.outcomes import DEFAULT_RETRY_DELAY, Done, GiveUp, NothingToDo, Result, RetryLater
 from guardrails.policy.model import Policy
 from guardrails.render import render
+from guardrails.values import EntityReference
 
 APPROVED = 1
 
@@ -58,6 +59,7 @@ class Executor:
         throttle: NotificationThrottle | None = None,
         dry_run: bool = False,
         max_conflicts: int = 3,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
@@ -70,6 +72,7 @@ class Executor:
         )
         self.dry_run = dry_run
         self.max_conflicts = max_conflicts
+        self.max_body_bytes = max_body_bytes
         self.clock = clock
 
     def process(
@@ -81,8 +84,16 @@ class Executor:
         content_type: str | None = None,
     ) -> Result:
         started = self.clock()
-        parsed = parse_message(body, properties, content_type)
-        result = self._run(parsed)
+        try:
+            parsed = parse_message(body, properties, content_type, max_bytes=self.max_body_bytes)
+            result = self._run(parsed)
+        except Exception as exc:
+            # parse and decide are total, so this is a defect or an edge client raising an
+            # error it should have typed; either way the message is recorded, not lost.
+            result = RetryLater(
+                f"unexpected {type(exc).__name__} while handling the message (a defect; "
+                f"please report it): {str(exc)[:300]}"
+            )
         self.audit(
             audit_record(
                 result,
@@ -117,21 +128,48 @@ class Executor:
         if decision.outcome is not Outcome.VIOLATION:
             return NothingToDo(decision, decision.reason)
         wrote = False
+        written: MailboxState | None = None
         if decision.patch and not self.dry_run:
-            decision, wrote = self._write(attempt, decision)
+            decision, written = self._write(attempt, decision)
+            wrote = written is not None
             if decision.outcome is not Outcome.VIOLATION:
                 return NothingToDo(decision, decision.reason)
-        if wrote and decision.restore_approval:
-            self._restore_approval(attempt)
+        if written is not None and decision.restore_approval:
+            self._restore_approval(attempt, written)
         notified = self._notify(attempt, decision, wrote=wrote)
         return Done(decision, wrote=wrote, notified=notified, errors=tuple(attempt.errors))
 
-    def _restore_approval(self, attempt: _Attempt) -> None:
-        """Re-approve a reverted address; alone in its PATCH, as approval requires."""
+    def _restore_approval(self, attempt: _Attempt, written: MailboxState) -> None:
+        """Re-approve the address the guardrail wrote back, and only while it is still there.
+
+        Approval lets server-side sync bring that address's mail into Dataverse, so it is given
+        only to an address that is the mailbox's own (the owner's directory address or sign-in
+        name, a queue's address), in a PATCH of its own (as approval requires) conditional on the
+        row being exactly as checked: a user who changes the address again in between gets a 412,
+        not an approval.
+        """
+        mailbox_id = attempt.context.primary_entity_id
         try:
-            self.dataverse.update_mailbox(
-                attempt.context.primary_entity_id, {"emailrouteraccessapproval": APPROVED}, etag="*"
-            )
+            state = written if written.etag else self.dataverse.get_mailbox(mailbox_id)
+            for _ in range(self.max_conflicts):
+                own = own_addresses(attempt.facts, state.regarding)
+                address = state.values.get(Column.EMAIL)
+                if own is None or not isinstance(address, str) or address.lower() not in own[0]:
+                    attempt.errors.append(
+                        "approval not restored: the address on the row is no longer the "
+                        "mailbox's own"
+                    )
+                    return
+                if state.approval == APPROVED:
+                    return
+                try:
+                    self.dataverse.update_mailbox(
+                        mailbox_id, {"emailrouteraccessapproval": APPROVED}, etag=state.etag or "*"
+                    )
+                    return
+                except PreconditionFailed:
+                    state = self.dataverse.get_mailbox(mailbox_id)
+            attempt.errors.append("approval not restored: the row kept changing")
         except GuardrailsError as exc:
             # The revert stands and a redelivery would find nothing to do: record, don't retry.
             attempt.errors.append(f"restoring approval failed: {exc}")
@@ -158,6 +196,11 @@ class Executor:
                 attempt.facts = replace(facts, initiator=initiator)
             elif fact is Fact.OWNER and self._owner_unknown(attempt, decision):
                 self._owner(attempt, decision)
+            elif fact is Fact.QUEUE and facts.queue is None:
+                regarding = self._regarding(attempt, decision)
+                if regarding is None or regarding.logical_name != "queue":
+                    continue
+                attempt.facts = replace(facts, queue=self.dataverse.get_queue(regarding.id))
             elif fact is Fact.ORGANIZATION_DEFAULTS and facts.organization_defaults is None:
                 defaults = self.dataverse.organization_defaults()
                 attempt.facts = replace(facts, organization_defaults=defaults)
@@ -165,6 +208,12 @@ class Executor:
                 continue
             learned = True
         return learned
+
+    @staticmethod
+    def _regarding(attempt: _Attempt, decision: Decision) -> EntityReference | None:
+        if attempt.state is not None and attempt.state.regarding is not None:
+            return attempt.state.regarding
+        return decision.event.regarding if decision.event else None
 
     @staticmethod
     def _owner_unknown(attempt: _Attempt, decision: Decision) -> bool:
@@ -189,8 +238,10 @@ class Executor:
             attempt.errors.append(f"user {user_id} could not be read: {exc.message}")
             return UserFacts(id=user_id)
 
-    def _write(self, attempt: _Attempt, decision: Decision) -> tuple[Decision, bool]:
-        """PATCH with If-Match; on 412 read the row, decide again, and retry (bounded)."""
+    def _write(self, attempt: _Attempt, decision: Decision) -> tuple[Decision, MailboxState | None]:
+        """PATCH with If-Match; on 412 read the row, decide again, and retry (bounded).
+
+        Returns the row as the write left it (None when nothing was written)."""
         mailbox_id = attempt.context.primary_entity_id
         event = decision.event
         if attempt.state is not None and attempt.state.etag:
@@ -201,12 +252,12 @@ class Executor:
             decision, etag = self._reread(attempt)
         for _ in range(self.max_conflicts):
             if not decision.patch:
-                return decision, False
+                return decision, None
             try:
-                self.dataverse.update_mailbox(
+                written = self.dataverse.update_mailbox(
                     mailbox_id, webapi_body(decision.patch), etag=etag, tag=GUARDRAIL_TAG
                 )
-                return decision, True
+                return decision, written
             except PreconditionFailed:
                 # Someone changed the row since: never overwrite blindly, look again.
                 decision, etag = self._reread(attempt)
@@ -237,6 +288,7 @@ class Executor:
             owner_email=owner.email if owner else None,
             initiator=(initiator.name or initiator.email) if initiator else None,
             organization_name=self.policy.organization.name,
+            # The name as Dataverse has it; the message's copy only when the row was not read.
             mailbox_name=(attempt.state.name if attempt.state else None)
             or (decision.event.name if decision.event else None),
             wrote=wrote,

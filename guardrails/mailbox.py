@@ -86,6 +86,12 @@ class MailboxState:
     regarding: EntityReference | None = None
     owner: EntityReference | None = None
     name: str | None = None
+    # Who wrote the row last (`modifiedby`), and its version: after a 412 they say whose change
+    # won, and after a lost answer whether the row is what the guardrail wrote.
+    modified_by: str | None = None
+    version: str | None = None
+    # emailrouteraccessapproval: 1 Approved; None when not read.
+    approval: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +111,12 @@ class MailboxEvent:
     owner: EntityReference | None = None
     name: str | None = None
     row_version: str | None = None
+    # The `tag` shared variables anywhere in the context chain. Any caller can set a tag, so it
+    # is shown in notes and traces but never decides anything.
     tags: frozenset[str] = frozenset()
+    # Every InitiatingUserId in the context and its ParentContext chain: the guardrail's own
+    # writes are recognised by these (compared with its WhoAmI), never by a tag.
+    initiators: frozenset[str] = frozenset()
     # The message does not say what changed (oversize, or no Target): read the row.
     incomplete: bool = False
 
@@ -130,15 +141,22 @@ def _sent_columns(context: ExecutionContext, target: Entity) -> set[str]:
     return set(target.attributes)
 
 
-def _tags(context: ExecutionContext) -> frozenset[str]:
-    tags: set[str] = set()
+def _chain(context: ExecutionContext) -> list[ExecutionContext]:
+    chain: list[ExecutionContext] = []
     current: ExecutionContext | None = context
     while current is not None:
-        tag = current.shared_variables.get("tag")
-        if isinstance(tag, str):
-            tags.add(tag)
+        chain.append(current)
         current = current.parent
-    return frozenset(tags)
+    return chain
+
+
+def _tags(chain: list[ExecutionContext]) -> frozenset[str]:
+    tags = (c.shared_variables.get("tag") for c in chain)
+    return frozenset(tag for tag in tags if isinstance(tag, str))
+
+
+def _initiators(chain: list[ExecutionContext]) -> frozenset[str]:
+    return frozenset(c.initiating_user_id for c in chain if c.initiating_user_id)
 
 
 def _lookup(column: str, sources: list[Mapping[str, Value]]) -> EntityReference | None:
@@ -174,7 +192,10 @@ def mailbox_event(context: ExecutionContext) -> MailboxEvent:
                     continue
             changed[column] = new
     sources.extend(image.attributes for image in (*post, *pre))
-    name = next((s.get("name") for s in sources if isinstance(s.get("name"), str)), None)
+    # The automatic AsynchronousStepPrimaryName image holds the row's primary name (only that).
+    named = [*sources, *(image.attributes for image in context.post_images.values())]
+    name = next((s.get("name") for s in named if isinstance(s.get("name"), str)), None)
+    chain = _chain(context)
     return MailboxEvent(
         message=context.message_name,
         mailbox_id=context.primary_entity_id,
@@ -187,7 +208,8 @@ def mailbox_event(context: ExecutionContext) -> MailboxEvent:
         owner=_lookup("ownerid", sources),
         name=name if isinstance(name, str) else None,
         row_version=row_version,
-        tags=_tags(context),
+        tags=_tags(chain),
+        initiators=_initiators(chain),
         incomplete=incomplete,
     )
 

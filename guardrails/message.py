@@ -24,10 +24,16 @@ from guardrails.values import (
     decode_pairs,
     decode_value,
     parse_date,
+    require_guid,
 )
 
 # Brokered message property Dataverse adds when it dropped the context's bulky parts (> 192 KB).
 OVERSIZE_PROPERTY = "MessageMaxSizeExceeded"
+# Dataverse trims a context to stay under 192 KB, and a Standard Service Bus queue takes 256 KB:
+# anything much larger was not posted by a service endpoint, and is refused before it is read.
+DEFAULT_MAX_BODY_BYTES = 512 * 1024
+# A lone UTF-16 surrogate can only come from a \uD800-\uDFFF escape; checked before any walk.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _REQUIRED = ("MessageName", "PrimaryEntityName", "PrimaryEntityId", "OrganizationId")
 _FIX_FORMAT = (
     "Set the Dataverse service endpoint's message format to JSON "
@@ -43,6 +49,7 @@ class RejectionKind(StrEnum):
     NOT_JSON = "not_json"
     TRUNCATED = "truncated"
     WRONG_SHAPE = "wrong_shape"
+    TOO_LARGE = "too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +94,21 @@ def parse_message(
     body: bytes,
     properties: Mapping[str, Any] | None = None,
     content_type: str | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> ExecutionContext | Rejection:
-    """Parse a message body; `properties` are the brokered message's application properties."""
+    """Parse a message body; `properties` are the brokered message's application properties.
+
+    Whatever the bytes, this returns: a body over `max_bytes` is refused unread, and every other
+    failure is a Rejection that says what was wrong and where.
+    """
+    if len(body) > max_bytes:
+        return Rejection(
+            RejectionKind.TOO_LARGE,
+            f"The body is {len(body)} bytes, over the limit of {max_bytes} "
+            "(GUARDRAILS_MAX_BODY_BYTES). Dataverse keeps its messages under 192 KB, so this "
+            "one was not posted by a Dataverse service endpoint; check what sends to this queue.",
+        )
     try:
         text = _decode_text(body, content_type)
         if isinstance(text, Rejection):
@@ -194,9 +214,35 @@ def _truncated(length: int, detail: str) -> Rejection:
     )
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    # json.loads accepts NaN and Infinity, which JSON itself does not; Dataverse never sends them.
+    raise _NonFinite(name)
+
+
+def _scrub(value: Any) -> Any:
+    """Replace lone surrogates with U+FFFD so every later output (UTF-8 logs, tables) encodes."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_scrub(item) for item in value]
+    if isinstance(value, dict):
+        return {_scrub(key): _scrub(item) for key, item in value.items()}
+    return value
+
+
 def _load_json(text: str) -> dict[str, Any] | Rejection:
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except _NonFinite as exc:
+        return Rejection(
+            RejectionKind.NOT_JSON,
+            f"The body contains {exc}, which is not JSON; Dataverse never sends it. Check what "
+            "sends to this queue.",
+        )
     except json.JSONDecodeError as exc:
         if _ends_early(text, exc):
             return _truncated(len(text.encode("utf-8")), "the JSON stops mid-value")
@@ -207,6 +253,8 @@ def _load_json(text: str) -> dict[str, Any] | Rejection:
         )
     except ValueError as exc:  # e.g. an integer with more digits than Python will parse
         return Rejection(RejectionKind.NOT_JSON, f"The body is not usable JSON: {exc}.")
+    if _SURROGATE_ESCAPE.search(text):
+        data = _scrub(data)
     if not isinstance(data, dict):
         return Rejection(
             RejectionKind.WRONG_SHAPE,
@@ -245,8 +293,11 @@ def _int(data: Mapping[str, Any], key: str) -> int | None:
 
 
 def _guid(data: Mapping[str, Any], key: str, path: str) -> str | None:
-    value = _str(data, key, path)
-    return value.lower() if value else None
+    """An id the guardrail may put into a URL or a key: a GUID, or the message is refused."""
+    value = data.get(key)
+    if value is None:
+        return None
+    return require_guid(value, f"{path}.{key}")
 
 
 def _images(raw: Any, path: str) -> dict[str, Entity]:

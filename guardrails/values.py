@@ -89,7 +89,12 @@ Value: TypeAlias = (
 )
 
 # "/Date(1506409448000-0700)/": epoch milliseconds (UTC); the offset only says where it was taken.
-_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+# Sixteen digits reach far past year 9999; more is not a date (and int() of thousands of digits
+# is refused by Python), so such text stays a plain string.
+_DATE = re.compile(r"^/Date\((-?\d{1,16})([+-]\d{4})?\)/$")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# A row version is Dataverse's versionnumber: a decimal counter that becomes an If-Match header.
+_ROW_VERSION = re.compile(r"^[0-9]{1,20}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -102,6 +107,24 @@ def parse_date(text: str) -> datetime | None:
         return _EPOCH + timedelta(milliseconds=int(match.group(1)))
     except OverflowError:
         return None
+
+
+def is_guid(text: object) -> bool:
+    return isinstance(text, str) and _GUID.match(text) is not None
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value quoted for an error message, cut short: hostile input can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def require_guid(value: object, path: str) -> str:
+    """An id that will go into a URL: a GUID, lower-cased, or a ContractError saying where."""
+    if not is_guid(value):
+        raise ContractError(path, f"expected a GUID, found {shown(value)}")
+    assert isinstance(value, str)
+    return value.lower()
 
 
 def _contract_type(type_name: str) -> str:
@@ -197,7 +220,7 @@ def decode_reference(raw: Any, path: str) -> EntityReference:
     name = raw.get("Name")
     return EntityReference(
         logical_name=_require_str(raw, "LogicalName", path),
-        id=_require_str(raw, "Id", path).lower(),
+        id=require_guid(_require_str(raw, "Id", path), f"{path}.Id"),
         name=name if isinstance(name, str) else None,
     )
 
@@ -230,14 +253,23 @@ def decode_entity(raw: Any, path: str) -> Entity:
     }
     logical_name = raw.get("LogicalName")
     entity_id = raw.get("Id")
-    row_version = raw.get("RowVersion")
     return Entity(
         logical_name=logical_name if isinstance(logical_name, str) else "",
-        id=entity_id.lower() if isinstance(entity_id, str) else "",
+        id=require_guid(entity_id, f"{path}.Id") if entity_id not in (None, "") else "",
         attributes=attributes,
         formatted_values=formatted,
-        row_version=str(row_version) if isinstance(row_version, str | int) else None,
+        row_version=_row_version(raw.get("RowVersion"), f"{path}.RowVersion"),
     )
+
+
+def _row_version(raw: object, path: str) -> str | None:
+    """The row version becomes an If-Match header: digits only, or the message is refused."""
+    if raw is None:
+        return None
+    text = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
+    if not isinstance(text, str) or _ROW_VERSION.match(text) is None:
+        raise ContractError(path, f"expected a decimal row version, found {shown(raw)}")
+    return text
 
 
 def to_json(value: Value) -> Any:

@@ -17,10 +17,10 @@ import requests
 
 from guardrails.clients.auth import TokenProvider
 from guardrails.clients.http import ApiClient, RetryPolicy
-from guardrails.engine import UserFacts
+from guardrails.engine import QueueFacts, UserFacts
 from guardrails.errors import PermanentServiceError
 from guardrails.mailbox import GUARDRAIL_TAG, Column, MailboxState
-from guardrails.values import EntityReference, Value
+from guardrails.values import EntityReference, Value, is_guid
 
 API = "api/data/v9.2"
 LOOKUP_ANNOTATION = "Microsoft.Dynamics.CRM.lookuplogicalname"
@@ -40,6 +40,8 @@ MAILBOX_COLUMNS = (
     "_emailserverprofile_value",
     "_regardingobjectid_value",
     "_ownerid_value",
+    "_modifiedby_value",
+    "versionnumber",
 )
 _EMAIL_SETTING = {
     Column.INCOMING: "IncomingEmailDeliveryMethod",
@@ -101,8 +103,11 @@ def mailbox_state(row: Mapping[str, Any]) -> MailboxState:
         )
     regarding = _lookup(row, "regardingobjectid")
     owner = _lookup(row, "ownerid")
+    modified_by = _lookup(row, "modifiedby")
     name = row.get("name")
     etag = row.get("@odata.etag")
+    version = row.get("versionnumber")
+    approval = row.get("emailrouteraccessapproval")
     return MailboxState(
         mailbox_id=str(row.get("mailboxid", "")).lower(),
         values=values,
@@ -110,7 +115,24 @@ def mailbox_state(row: Mapping[str, Any]) -> MailboxState:
         regarding=regarding,
         owner=owner,
         name=name if isinstance(name, str) else None,
+        modified_by=modified_by.id if modified_by else None,
+        version=str(version) if isinstance(version, int | str) else None,
+        approval=approval if isinstance(approval, int) else None,
     )
+
+
+def key(entity_id: str, what: str) -> str:
+    """A row id as it goes into a URL: a GUID, or nothing is sent.
+
+    The parser already refuses messages whose ids are not GUIDs; this is the second line, at the
+    one place ids become URLs, so no caller can send a path like `x)/other?$select=...`.
+    """
+    if not is_guid(entity_id):
+        raise PermanentServiceError(
+            "Dataverse",
+            f"refusing to request {what} with an id that is not a GUID: {entity_id[:60]!r}",
+        )
+    return entity_id.lower()
 
 
 def parse_email_settings(xml: str | None) -> dict[Column, int]:
@@ -151,6 +173,7 @@ class DataverseClient(ApiClient):
         self._users: TtlCache[str, UserFacts] = TtlCache(cache_ttl)
         self._roles: TtlCache[str, tuple[frozenset[str], frozenset[str]]] = TtlCache(cache_ttl)
         self._org: TtlCache[str, dict[Column, int | str]] = TtlCache(cache_ttl)
+        self._queues: TtlCache[str, QueueFacts] = TtlCache(cache_ttl)
 
     def whoami(self) -> WhoAmI:
         """The app's own systemuserid; it never changes while the process lives."""
@@ -166,7 +189,7 @@ class DataverseClient(ApiClient):
     def get_mailbox(self, mailbox_id: str) -> MailboxState:
         response = self.request(
             "GET",
-            f"mailboxes({mailbox_id})",
+            f"mailboxes({key(mailbox_id, 'a mailbox')})",
             params={"$select": ",".join(MAILBOX_COLUMNS)},
             headers={"Prefer": f'odata.include-annotations="{LOOKUP_ANNOTATION}"'},
         )
@@ -184,25 +207,35 @@ class DataverseClient(ApiClient):
         *,
         etag: str,
         tag: str = GUARDRAIL_TAG,
-    ) -> None:
+    ) -> MailboxState:
         """PATCH only `body`; If-Match makes a concurrent change a 412 instead of a lost update.
 
-        `tag` reaches the operation's shared variables, so the guardrail knows its own write.
+        The row comes back (`Prefer: return=representation`) so the next write, an approval,
+        can be conditional on exactly the version this one produced. `tag` shows the write in
+        Dataverse's traces; it proves nothing, so the guardrail never relies on it.
         """
-        self.request(
+        response = self.request(
             "PATCH",
-            f"mailboxes({mailbox_id})",
-            params={"tag": tag},
+            f"mailboxes({key(mailbox_id, 'a mailbox')})",
+            params={"tag": tag, "$select": ",".join(MAILBOX_COLUMNS)},
             json=dict(body),
-            headers={"If-Match": etag, "Content-Type": "application/json"},
+            headers={
+                "If-Match": etag,
+                "Content-Type": "application/json",
+                "Prefer": f'return=representation,odata.include-annotations="{LOOKUP_ANNOTATION}"',
+            },
             expect=(204, 200),
         )
+        if response.status_code == 204 or not response.content:
+            return MailboxState(mailbox_id=mailbox_id, values={})  # no representation: no ETag
+        return mailbox_state(response.json())
 
     def get_user(self, user_id: str, *, with_roles: bool = False) -> UserFacts:
-        user = self._users.get(user_id.lower(), lambda: self._load_user(user_id))
+        user_id = key(user_id, "a user")
+        user = self._users.get(user_id, lambda: self._load_user(user_id))
         if not with_roles:
             return user
-        role_ids, role_names = self._roles.get(user_id.lower(), lambda: self._load_roles(user_id))
+        role_ids, role_names = self._roles.get(user_id, lambda: self._load_roles(user_id))
         return replace(user, role_ids=role_ids, role_names=role_names)
 
     def _load_user(self, user_id: str) -> UserFacts:
@@ -231,6 +264,38 @@ class DataverseClient(ApiClient):
         return (
             frozenset(str(row["roleid"]).lower() for row in rows if row.get("roleid")),
             frozenset(str(row["name"]).lower() for row in rows if row.get("name")),
+        )
+
+    def get_queue(self, queue_id: str) -> QueueFacts:
+        """A queue's own address and who answers for it (a team's administrator for a team)."""
+        queue_id = key(queue_id, "a queue")
+        return self._queues.get(queue_id, lambda: self._load_queue(queue_id))
+
+    def _load_queue(self, queue_id: str) -> QueueFacts:
+        row = self.request(
+            "GET",
+            f"queues({queue_id})",
+            params={"$select": "name,emailaddress,_ownerid_value"},
+            headers={"Prefer": f'odata.include-annotations="{LOOKUP_ANNOTATION}"'},
+        ).json()
+        owner = _lookup(row, "ownerid")
+        owner_user_id: str | None = None
+        if owner is not None and owner.logical_name == "team":
+            team = self.request(
+                "GET",
+                f"teams({key(owner.id, 'a team')})",
+                params={"$select": "name,_administratorid_value"},
+            ).json()
+            admin = team.get("_administratorid_value")
+            owner_user_id = admin.lower() if is_guid(admin) else None
+        elif owner is not None:
+            owner_user_id = owner.id if is_guid(owner.id) else None
+        name, email = row.get("name"), row.get("emailaddress")
+        return QueueFacts(
+            id=queue_id,
+            name=name if isinstance(name, str) else None,
+            email=email if isinstance(email, str) and email else None,
+            owner_user_id=owner_user_id,
         )
 
     def organization_defaults(self) -> dict[Column, int | str]:

@@ -8,6 +8,7 @@ the service's Retry-After, for the caller to reschedule without holding the mess
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -30,6 +31,9 @@ from guardrails.errors import (
 )
 
 _TRANSIENT_STATUS = frozenset({408, 500, 502, 503, 504})
+# Visible ASCII and spaces only: a header value with CR/LF or other controls would split the
+# request (or make `requests` raise); such a value never leaves this process.
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,14 @@ class ApiClient:
         expect: tuple[int, ...] = (200,),
     ) -> requests.Response:
         url = f"{self.base_url}/{path}"
+        for name, value in (headers or {}).items():
+            if not _HEADER_VALUE.match(value):
+                raise PermanentServiceError(
+                    self.service,
+                    f"refusing to send header {name} with a control character in its value",
+                    method=method,
+                    url=url,
+                )
         refreshed = False
         attempt = 0
         while True:

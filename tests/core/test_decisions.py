@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from guardrails.engine import Decision, Fact, Facts, Outcome, UserFacts, decide
+from guardrails.engine import Decision, Fact, Facts, Outcome, QueueFacts, UserFacts, decide
 from guardrails.mailbox import Column, MailboxState
 from guardrails.message import ExecutionContext, parse_message
 from guardrails.sandbox.messages import to_body
@@ -43,6 +43,19 @@ from .conftest import (
 
 FORWARD = {"incomingemaildeliverymethod": 3}
 BEFORE = {**COMPLIANT, **USER_MAILBOX}
+OWNER_FACTS = UserFacts(id=OWNER, email="owner@contoso.com")
+
+
+def trusted(address: str, owner: UserFacts = OWNER_FACTS) -> dict[str, Any]:
+    """What the executor learns before writing an address: the row (whose mailbox it really is)
+    and the owner's directory entry."""
+    state = MailboxState(
+        mailbox_id=MAILBOX_ID,
+        values={Column.EMAIL: address},
+        etag='W/"7"',
+        regarding=EntityReference("systemuser", OWNER),
+    )
+    return {"facts": Facts(owner=owner), "state": state}
 
 
 def _only(decision: Decision) -> Any:
@@ -170,8 +183,20 @@ def test_update_touching_no_governed_column(baseline) -> None:
 # --- email address -------------------------------------------------------------------------------
 
 
-def test_email_address_change_is_reverted_to_the_pre_image(baseline) -> None:
+def test_email_address_change_is_not_written_back_from_the_message_alone(baseline) -> None:
     decision = decide_mailbox(baseline, changes={"emailaddress": "ceo@contoso.com"}, before=BEFORE)
+    assert decision.outcome is Outcome.VIOLATION
+    assert decision.patch == {}
+    assert Fact.MAILBOX_STATE in decision.unverified
+
+
+def test_email_address_change_is_reverted_to_the_owners_pre_image(baseline) -> None:
+    decision = decide_mailbox(
+        baseline,
+        **trusted("ceo@contoso.com"),
+        changes={"emailaddress": "ceo@contoso.com"},
+        before=BEFORE,
+    )
     assert decision.outcome is Outcome.VIOLATION
     violation = _only(decision)
     assert violation.rule == "email_address"
@@ -184,20 +209,28 @@ def test_email_address_change_is_reverted_to_the_pre_image(baseline) -> None:
 
 
 def test_email_address_change_without_pre_image(baseline) -> None:
-    decision = decide_mailbox(baseline, changes={"emailaddress": "ceo@contoso.com"})
-    assert decision.outcome is Outcome.VIOLATION
-    violation = _only(decision)
+    offline = decide_mailbox(baseline, changes={"emailaddress": "ceo@contoso.com"})
+    assert offline.outcome is Outcome.VIOLATION
+    violation = _only(offline)
     assert violation.expected is None
     assert violation.to_dict()["expected"] is None
-    assert "no safe address" in violation.message
-    assert decision.patch == {}
-    assert decision.to_dict()["patch"] == {}
-    assert not decision.patch
+    assert "looked up in Dataverse" in violation.message
+    assert offline.patch == {}
+    assert offline.to_dict()["patch"] == {}
+    live = decide_mailbox(
+        baseline, **trusted("ceo@contoso.com"), changes={"emailaddress": "ceo@contoso.com"}
+    )
+    assert live.patch == {Column.EMAIL: "owner@contoso.com"}  # the owner's directory address
 
 
 def test_restore_approval_after_reverting_an_address() -> None:
     policy = make_policy("\n  email_address:\n    restore_approval: true\n")
-    decision = decide_mailbox(policy, changes={"emailaddress": "ceo@contoso.com"}, before=BEFORE)
+    decision = decide_mailbox(
+        policy,
+        **trusted("ceo@contoso.com"),
+        changes={"emailaddress": "ceo@contoso.com"},
+        before=BEFORE,
+    )
     assert decision.restore_approval is True
     no_revert = decide_mailbox(policy, changes={"emailaddress": "ceo@contoso.com"})
     assert no_revert.restore_approval is False
@@ -211,9 +244,22 @@ def test_email_changes_allowed() -> None:
 
 def test_the_email_example_message(baseline) -> None:
     body = (EXAMPLE_MESSAGES_DIR / "email-address-to-ceo.json").read_bytes()
-    decision = decide(parse_ok(body), baseline)
-    assert decision.outcome is Outcome.VIOLATION
-    assert decision.to_dict()["patch"] == {"emailaddress": "adele@contoso.com"}
+    context = parse_ok(body)
+    offline = decide(context, baseline)
+    assert offline.outcome is Outcome.VIOLATION
+    assert offline.patch == {}  # the address to restore needs the row and the directory
+    assert Fact.MAILBOX_STATE in offline.unverified
+    event = offline.event
+    assert event is not None and event.regarding is not None
+    adele = UserFacts(id=event.regarding.id, email="adele@contoso.com")
+    state = MailboxState(
+        mailbox_id=context.primary_entity_id,
+        values={Column.EMAIL: event.changed[Column.EMAIL]},
+        etag='W/"1"',
+        regarding=event.regarding,
+    )
+    live = decide(context, baseline, Facts(owner=adele), state)
+    assert live.to_dict()["patch"] == {"emailaddress": "adele@contoso.com"}
 
 
 # --- exemptions ----------------------------------------------------------------------------------
@@ -321,16 +367,23 @@ def test_id_exemptions_need_no_lookup() -> None:
 # --- the guardrail's own writes ------------------------------------------------------------------
 
 
-def test_own_write_tagged_in_the_parent(baseline) -> None:
+def test_a_tag_in_the_parent_is_noted_but_exempts_nothing(baseline) -> None:
     decision = decide_mailbox(baseline, changes=FORWARD, before=BEFORE, tag="mailbox-guardrails")
-    assert decision.outcome is Outcome.IGNORED
-    assert decision.reason == "The guardrail's own write."
+    assert decision.outcome is Outcome.VIOLATION
+    assert any("exempts nothing" in note for note in decision.notes)
 
 
-def test_own_write_tagged_at_the_top_level(baseline) -> None:
+def test_a_tag_at_the_top_level_exempts_nothing(baseline) -> None:
     built = mailbox(changes=FORWARD, before=BEFORE)
     built["SharedVariables"].append({"key": "tag", "value": "mailbox-guardrails"})
     decision = decide(parse_ok(to_body(built)), baseline)
+    assert decision.outcome is Outcome.VIOLATION
+
+
+def test_own_write_is_recognised_by_the_initiating_user(baseline) -> None:
+    decision = decide_mailbox(
+        baseline, Facts(guardrail_user_id=USER), changes=FORWARD, before=BEFORE
+    )
     assert decision.outcome is Outcome.IGNORED
     assert decision.reason == "The guardrail's own write."
 
@@ -485,7 +538,10 @@ def test_audit_rule_under_an_enforcing_policy() -> None:
 def test_audit_and_enforced_violations_together() -> None:
     policy = make_policy(AUDITED_DELIVERY, NOTIFY)
     decision = decide_mailbox(
-        policy, changes={**FORWARD, "emailaddress": "ceo@contoso.com"}, before=BEFORE
+        policy,
+        **trusted("ceo@contoso.com"),
+        changes={**FORWARD, "emailaddress": "ceo@contoso.com"},
+        before=BEFORE,
     )
     by_column = {v.column: v for v in decision.violations}
     assert by_column[Column.INCOMING].enforced is False
@@ -657,9 +713,12 @@ def test_must_match_owner_offline() -> None:
 
 
 def test_must_match_owner_mismatch() -> None:
-    facts = Facts(owner=UserFacts(id=OWNER, email="Owner.Real@contoso.com"))
+    owner = UserFacts(id=OWNER, email="Owner.Real@contoso.com")
     decision = decide_mailbox(
-        make_policy(OWNER_RULES), facts, changes={"emailaddress": "ceo@contoso.com"}, before=BEFORE
+        make_policy(OWNER_RULES),
+        **trusted("ceo@contoso.com", owner),
+        changes={"emailaddress": "ceo@contoso.com"},
+        before=BEFORE,
     )
     assert decision.outcome is Outcome.VIOLATION
     violation = _only(decision)
@@ -690,14 +749,26 @@ def test_owner_facts_for_another_user_do_not_count() -> None:
     assert decision.violations == ()
 
 
-def test_must_match_owner_skips_queue_mailboxes() -> None:
+def test_must_match_owner_on_a_queue_mailbox_means_the_queues_own_address() -> None:
     policy = make_policy(OWNER_RULES, "scope: all\n")
-    facts = Facts(owner=UserFacts(id=OWNER, email="owner@contoso.com"))
+    queue = QueueFacts(id=QUEUE, name="Support", email="support@contoso.com", owner_user_id=OWNER)
     before = {**COMPLIANT, **QUEUE_MAILBOX, "ownerid": OWNER}
-    decision = decide_mailbox(
-        policy, facts, changes={"emailaddress": "q@contoso.com"}, before=before
+    offline = decide_mailbox(policy, changes={"emailaddress": "q@contoso.com"}, before=before)
+    assert Fact.QUEUE in offline.unverified
+    ok = decide_mailbox(
+        policy, Facts(queue=queue), changes={"emailaddress": "Support@contoso.com"}, before=before
     )
-    assert decision.outcome is Outcome.COMPLIANT
+    assert ok.outcome is Outcome.COMPLIANT
+    state = MailboxState(
+        mailbox_id=MAILBOX_ID,
+        values={Column.EMAIL: "q@contoso.com"},
+        etag='W/"3"',
+        regarding=EntityReference("queue", QUEUE),
+    )
+    wrong = decide_mailbox(
+        policy, Facts(queue=queue), state, changes={"emailaddress": "q@contoso.com"}, before=before
+    )
+    assert wrong.patch == {Column.EMAIL: "support@contoso.com"}
 
 
 @pytest.mark.parametrize(
@@ -717,7 +788,9 @@ def test_allowed_domains(address: str, allowed: bool) -> None:
         "\n  email_address:\n    changes: allowed\n"
         "    allowed_domains: [contoso.com, Fabrikam.COM]\n"
     )
-    decision = decide_mailbox(policy, changes={"emailaddress": address}, before=BEFORE)
+    decision = decide_mailbox(
+        policy, **trusted(address), changes={"emailaddress": address}, before=BEFORE
+    )
     if allowed:
         assert decision.outcome is Outcome.COMPLIANT
     else:

@@ -30,6 +30,7 @@ from .conftest import (
     ALLTYPES,
     CONTACT_UPDATE,
     CUSTOMACTIVITY,
+    MAILBOX_ID,
     SHAREPOINT,
     dumps,
     option,
@@ -405,7 +406,7 @@ def test_row_version(name: str, row_version: str | None) -> None:
 
 
 def test_row_version_as_a_number_becomes_text() -> None:
-    raw = {"Attributes": [], "Id": "x", "LogicalName": "mailbox", "RowVersion": 468026}
+    raw = {"Attributes": [], "Id": MAILBOX_ID, "LogicalName": "mailbox", "RowVersion": 468026}
     entity = decode_value(raw)
     assert isinstance(entity, Entity)
     assert entity.row_version == "468026"

@@ -57,8 +57,10 @@ def test_address_must_be_the_owners_directory_address(live: Deployment) -> None:
     address, approval = live.patches()
     assert address.json == {"emailaddress": "adele@contoso.com"}
     assert approval.json == {"emailrouteraccessapproval": 1}
-    assert approval.headers["if-match"] == "*"
     row = live.row()
+    # Conditional on the version the guardrail's own revert produced, never `*`.
+    assert approval.headers["if-match"] == f'W/"{row["versionnumber"] - 1}"'
+
     assert row["emailaddress"] == "adele@contoso.com"
     assert row["emailrouteraccessapproval"] == 1
     (mail,) = live.sandbox.graph.sent
@@ -165,10 +167,37 @@ def test_refused_approval_restore_is_recorded_and_the_revert_stands(
     remove = dataverse.before_write(refuse_the_next_write)
     live.run(message)
 
-    assert [p.status for p in live.patches()] == [204, 403]
+    assert [p.status for p in live.patches()] == [200, 403]
     assert live.row()["emailaddress"] == "adele@contoso.com"
     (record,) = audit_records(caplog)
     assert record["result"] == "Done"
     assert "restoring approval failed" in record["errors"][0]
     assert "prvApproveRejectEmailAddress" in record["errors"][0]
     assert record["notified"] == ["adele@contoso.com"]
+
+
+def test_no_approval_when_the_address_changes_again_before_it(live: Deployment) -> None:
+    """A user who swaps in an executive's address between the revert and the approval gets a
+    412 on the approval, and the guardrail does not approve what is now on the row."""
+    dataverse = live.sandbox.dataverse
+    message = live.user_change({"emailaddress": "megan.ceo@contoso.com"})
+    writes = 0
+
+    def swap_before_the_approval(pending: PendingWrite) -> None:
+        nonlocal writes
+        writes += 1
+        if "emailrouteraccessapproval" in pending.changes and writes == 2:
+            dataverse.update_mailbox_as(
+                live.user_id, live.mailbox_id, {"emailaddress": "megan.ceo@contoso.com"}
+            )
+
+    remove = dataverse.before_write(swap_before_the_approval)
+    try:
+        live.run(message)
+    finally:
+        remove()
+    row = live.row()
+    assert row["emailaddress"] == "megan.ceo@contoso.com"  # the user's second change, pending
+    assert row["emailrouteraccessapproval"] != 1  # and not approved by the guardrail
+    approvals = [p for p in live.patches() if "emailrouteraccessapproval" in (p.json or {})]
+    assert [p.status for p in approvals] == [412]

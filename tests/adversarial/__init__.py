@@ -1,0 +1,1 @@
+"""Attacks on the guardrail: forged messages, hostile policies and templates."""
