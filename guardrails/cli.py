@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,10 @@ from guardrails.policy.loader import schema_json
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Whatever a message or a file name holds, printing it must not stop the command.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     parser = _parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
@@ -80,18 +85,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     failed = 0
     for path in args.messages:
+        name = _printable(str(path))
         try:
             body = path.read_bytes()
         except OSError as exc:
-            print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
             failed += 1
             continue
-        decision = decide(parse_message(body), policy)
+        try:
+            decision = decide(parse_message(body), policy)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not hide the others
+            print(f"{name}: could not be evaluated ({type(exc).__name__}: {exc})", file=sys.stderr)
+            failed += 1
+            continue
         if args.format == "json":
-            print(json.dumps({"message": str(path), **decision.to_dict()}))
+            print(json.dumps({"message": name, **decision.to_dict()}))
         else:
-            render_text(str(path), decision, sys.stdout)
+            render_text(name, decision, sys.stdout)
     return 1 if failed else 0
+
+
+def _printable(text: str) -> str:
+    """A file name as text that any output encodes (undecodable bytes shown as escapes)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def render_text(source: str, decision: Decision, out: TextIO) -> None:

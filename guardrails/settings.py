@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from guardrails.errors import ConfigurationError
+from guardrails.message import DEFAULT_MAX_BODY_BYTES
 from guardrails.policy.model import is_guid
 
 PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
@@ -65,6 +66,7 @@ class Settings:
     policy_path: Path
     queue_name: str
     http_timeout: float = 30.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     @property
     def graph_scope(self) -> str:
@@ -151,6 +153,16 @@ def load_settings(
         )
         timeout = 30.0
 
+    max_body_text = get("GUARDRAILS_MAX_BODY_BYTES") or str(DEFAULT_MAX_BODY_BYTES)
+    max_body_bytes = DEFAULT_MAX_BODY_BYTES
+    if not max_body_text.isdigit() or not 1024 <= int(max_body_text) <= 100 * 1024 * 1024:
+        problems.append(
+            "GUARDRAILS_MAX_BODY_BYTES must be a whole number of bytes from 1024 to 104857600, "
+            f"found '{max_body_text[:40]}'"
+        )
+    else:
+        max_body_bytes = int(max_body_text)
+
     if problems:
         raise ConfigurationError(problems)
     return Settings(
@@ -167,4 +179,5 @@ def load_settings(
         policy_path=policy_path,
         queue_name=queue_name,
         http_timeout=timeout,
+        max_body_bytes=max_body_bytes,
     )

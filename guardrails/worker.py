@@ -92,6 +92,7 @@ def build_worker(
         mailer=graph,
         audit=audit or structlog_sink(),
         dry_run=dry_run,
+        max_body_bytes=settings.max_body_bytes,
     )
     return Worker(executor)
 

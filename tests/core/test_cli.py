@@ -150,3 +150,40 @@ def test_invalid_policy_stops_evaluate(tmp_path: Path, capsys: pytest.CaptureFix
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "evaluate" in capsys.readouterr().out
+
+
+def test_hostile_text_never_stops_evaluate(tmp_path: Path) -> None:
+    """Finding 5: a lone surrogate reached the text output and stopped the run. Each file is
+    reported, whatever its bytes and whatever its name, and the run carries on after it."""
+    import subprocess
+    import sys
+
+    from guardrails.sandbox.messages import to_body
+
+    from .conftest import mailbox
+
+    data = mailbox(changes={"emailaddress": "x@contoso.com"})
+    surrogate = tmp_path / "surrogate.json"
+    surrogate.write_bytes(to_body(data).replace(b"x@contoso.com", b"x\\udc80@contoso.com"))
+    strange_name = tmp_path / "caf\udce9.json"  # a file name that is not UTF-8
+    try:
+        strange_name.write_bytes(to_body(data))
+    except (UnicodeEncodeError, OSError):
+        strange_name = surrogate
+    last = tmp_path / "z-last.json"
+    last.write_bytes(to_body(data))
+    command = [sys.executable, "-m", "guardrails", "evaluate", "--policy", str(EXAMPLE_POLICY)]
+    files = [str(surrogate), str(strange_name), "/nonexistent/missing.json", str(last)]
+    for fmt in ("text", "json"):
+        done = subprocess.run(
+            [*command, "--format", fmt, *files],
+            capture_output=True,
+            env={"PYTHONIOENCODING": "utf-8", "PATH": "/usr/bin:/bin"},
+            check=False,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        out = done.stdout.decode("utf-8")
+        assert "Traceback" not in done.stderr.decode("utf-8", "replace")
+        assert done.returncode == 1  # the missing file
+        assert "z-last.json" in out  # the run went on after every hostile file
+        assert out.count("violation") >= 3

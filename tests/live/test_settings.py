@@ -103,3 +103,16 @@ def test_url_with_path_is_refused(app_root: Path) -> None:
             base_env(DATAVERSE_URL="https://contoso.crm.dynamics.com/api/data/v9.2"),
             app_root=app_root,
         )
+
+
+@pytest.mark.parametrize("value", ["0", "12", "1e9", "-1", "lots", "104857601"])
+def test_body_limit_out_of_range_is_a_problem(app_root: Path, value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(base_env(GUARDRAILS_MAX_BODY_BYTES=value), app_root=app_root)
+    assert "GUARDRAILS_MAX_BODY_BYTES" in str(caught.value)
+
+
+def test_body_limit_defaults_and_can_be_set(app_root: Path) -> None:
+    assert load_settings(base_env(), app_root=app_root).max_body_bytes == 512 * 1024
+    env = base_env(GUARDRAILS_MAX_BODY_BYTES="2048")
+    assert load_settings(env, app_root=app_root).max_body_bytes == 2048
