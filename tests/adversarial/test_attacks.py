@@ -8,6 +8,7 @@ own, and every violation ends reverted. Each test prints what it tried and what 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -69,10 +70,8 @@ def approved_only_if_own(target: Deployment) -> None:
 
 def run_quietly(target: Deployment, message: QueuedMessage) -> None:
     """Run a message; a permanent failure is an outcome here, not an error of the test."""
-    try:
+    with contextlib.suppress(PermanentFailure):
         target.run(message)
-    except PermanentFailure:
-        pass
     approved_only_if_own(target)
 
 
