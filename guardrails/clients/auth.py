@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msal
 import requests
+from azure.core.credentials import AccessToken
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -61,6 +64,7 @@ class MsalTokenProvider:
         self._session = session
         self._timeout = timeout
         self._lock = threading.Lock()
+        self._acquire = threading.Lock()
         self._app: Any = None
         # Read the certificate now: a bad file is a start-up error, not a first-message one.
         self._certificate: dict[str, str] | None = None
@@ -106,6 +110,12 @@ class MsalTokenProvider:
             ) from exc
 
     def token(self, scope: str, *, force_refresh: bool = False) -> str:
+        # One acquisition at a time: eight messages arriving together at a cold instance wait
+        # for the first token instead of each fetching one (MSAL answers the rest from cache).
+        with self._acquire:
+            return self._token(scope, force_refresh=force_refresh)
+
+    def _token(self, scope: str, *, force_refresh: bool) -> str:
         try:
             if self._credentials.kind == "managed_identity":
                 # A fresh client has an empty cache: the only way to skip a cached token.
@@ -126,3 +136,38 @@ class MsalTokenProvider:
                 f"no token for {scope} ({self.kind}): {text}", code=str(code) if code else None
             )
         return str(result["access_token"])
+
+
+class TokenProviderCredential:
+    """azure-core's ``TokenCredential`` over the app's :class:`TokenProvider` (MSAL underneath).
+
+    MSAL caches each token and never hands out one with less than five minutes left. The
+    expiry reported to azure-core is therefore "now + 5 min + `reuse_seconds`": azure-core
+    refreshes a token once it is within five minutes (less up to a minute of jitter) of that
+    expiry, i.e. after at most ``reuse_seconds + 60`` seconds, and asks again; MSAL answers
+    from its cache or renews. A claims challenge forces a fresh token.
+    """
+
+    def __init__(
+        self,
+        tokens: TokenProvider,
+        *,
+        reuse_seconds: int = 60,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._tokens = tokens
+        self._reuse = reuse_seconds
+        self._clock = clock
+
+    def get_token(
+        self,
+        *scopes: str,
+        claims: str | None = None,
+        tenant_id: str | None = None,
+        enable_cae: bool = False,
+        **kwargs: Any,
+    ) -> AccessToken:
+        if len(scopes) != 1:
+            raise ValueError(f"exactly one scope is supported, found {scopes!r}")
+        token = self._tokens.token(scopes[0], force_refresh=claims is not None)
+        return AccessToken(token, int(self._clock()) + 300 + self._reuse)

@@ -1,1 +1,1 @@
-"""Test fixture package."""
+"""Azurite, the Table Storage emulator, as pytest fixtures (see plugin.py)."""
