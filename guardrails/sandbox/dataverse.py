@@ -8,20 +8,43 @@ the re-approval rule for a changed mailbox email address, and the calling user b
 application user mapped from the bearer token's client id (what ``WhoAmI`` reports and what is
 recorded as ``modifiedby``). Every successful write is published as a :class:`WriteEvent`, from
 which tests and the demo produce the messages Dataverse would send to Service Bus.
+
+Also modelled, because a client at scale depends on them: ``$batch`` (multipart/mixed, atomic
+change sets, ``Prefer: odata.continue-on-error``, at most 1,000 operations) and the service
+protection limits (per-user sliding window of requests, combined execution time and concurrent
+requests, answered with 429, ``Retry-After`` and Dataverse's error codes), off until
+:meth:`DataverseSimulator.set_service_protection` turns them on.
 """
 
 from __future__ import annotations
 
+import heapq
+import json
+import math
 import re
 import threading
+import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email import policy as email_policy
+from email.generator import BytesGenerator
+from email.message import Message
+from email.parser import BytesHeaderParser, BytesParser
+from http import HTTPStatus
+from io import BytesIO
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from guardrails.sandbox.http import Request, Response, SandboxServer, json_response
+from guardrails.sandbox.http import (
+    Request,
+    Response,
+    SandboxServer,
+    format_seconds,
+    json_response,
+)
 from guardrails.sandbox.tls import SandboxTLS
 
 __all__ = [
@@ -38,6 +61,7 @@ ODATA_JSON = (
     "charset=utf-8"
 )
 MAX_PAGE_SIZE = 5000
+MAX_BATCH_OPERATIONS = 1000
 SYSTEM_ADMINISTRATOR = "System Administrator"
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _SEGMENT = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_.]*)(?:\((?P<key>[^)]*)\))?$")
@@ -50,13 +74,19 @@ TokenValidator = Callable[[str], str | None]
 
 
 class DataverseError(Exception):
-    """A Web API error: HTTP status plus the ``{"error":{"code","message"}}`` body."""
+    """A Web API error: HTTP status plus the ``{"error":{"code","message"}}`` body.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    ``headers`` are extra response headers (``Retry-After`` on a service protection 429).
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})
 
 
 @dataclass(frozen=True)
@@ -291,13 +321,35 @@ _BUSINESS_UNIT = _table(
     "name",
     _Column("name", "string"),
 )
+_TEAM = _table(
+    "teams",
+    "team",
+    "teamid",
+    "name",
+    _Column("name", "string"),
+    _Column(
+        "teamtype",
+        "choice",
+        False,
+        {
+            0: "Owner",
+            1: "Access",
+            2: "Microsoft Entra ID Security Group",
+            3: "Microsoft Entra ID Office Group",
+        },
+    ),
+    _Column("emailaddress", "string"),
+    _Column("isdefault", "bool"),
+    _Column("azureactivedirectoryobjectid", "guid"),
+    _lookup("administratorid", "administratorid", "systemusers"),
+    _lookup("businessunitid", "businessunitid", "businessunits"),
+)
 _TABLES = {
     t.entity_set: t
-    for t in (_MAILBOX, _USER, _QUEUE, _ROLE, _ORGANIZATION, _PROFILE, _BUSINESS_UNIT)
+    for t in (_MAILBOX, _USER, _QUEUE, _TEAM, _ROLE, _ORGANIZATION, _PROFILE, _BUSINESS_UNIT)
 }
 _LOGICAL_TO_SET = {t.logical_name: t.entity_set for t in _TABLES.values()}
 _SET_TO_LOGICAL = {t.entity_set: t.logical_name for t in _TABLES.values()}
-_SET_TO_LOGICAL["teams"] = "team"
 _ASSOCIATED_NAVIGATION = {
     ("_regardingobjectid_value", "queue"): "regardingobjectid_queue",
     ("_ownerid_value", "team"): "ownerid_team",
@@ -507,6 +559,284 @@ class _Annotations:
         return False
 
 
+# -- service protection limits ------------------------------------------------------------------
+
+
+class _ServiceProtection:
+    """Per-user sliding windows: request count, combined execution time, concurrency."""
+
+    def __init__(
+        self,
+        requests_per_window: int,
+        window: float,
+        max_concurrent: int,
+        execution_ms_per_window: float | None,
+        execution_ms_per_request: float | None,
+    ) -> None:
+        self.requests_per_window = requests_per_window
+        self.window = window
+        self.max_concurrent = max_concurrent
+        self.execution_limit = execution_ms_per_window
+        self.execution_cost = execution_ms_per_request
+        self._lock = threading.Lock()
+        self._arrivals: dict[str, deque[float]] = {}
+        self._executions: dict[str, deque[tuple[float, float]]] = {}
+        self._in_flight: Counter[str] = Counter()
+        self._throttled: Counter[str] = Counter()
+
+    def _expire(self, user_id: str, now: float) -> tuple[deque[float], deque[tuple[float, float]]]:
+        horizon = now - self.window
+        arrivals = self._arrivals.setdefault(user_id, deque())
+        while arrivals and arrivals[0] <= horizon:
+            arrivals.popleft()
+        executions = self._executions.setdefault(user_id, deque())
+        while executions and executions[0][0] <= horizon:
+            executions.popleft()
+        return arrivals, executions
+
+    def admit(self, user_id: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            arrivals, executions = self._expire(user_id, now)
+            if len(arrivals) >= self.requests_per_window:
+                raise self._throttle(
+                    "0x80072322",
+                    f"Number of requests exceeded the limit of {self.requests_per_window} over "
+                    f"time window of {format_seconds(self.window)} seconds.",
+                    arrivals[0] + self.window - now,
+                )
+            if self.execution_limit is not None:
+                total = sum(ms for _, ms in executions)
+                if total >= self.execution_limit:
+                    remaining, wait = total, 0.0
+                    for finished, ms in executions:
+                        remaining -= ms
+                        wait = finished + self.window - now
+                        if remaining < self.execution_limit:
+                            break
+                    raise self._throttle(
+                        "0x80072321",
+                        "Combined execution time of incoming requests exceeded limit of "
+                        f"{self.execution_limit:,.0f} milliseconds over time window of "
+                        f"{format_seconds(self.window)} seconds. Decrease number of concurrent "
+                        "requests or reduce the duration of requests and try again later.",
+                        wait,
+                    )
+            if self._in_flight[user_id] >= self.max_concurrent:
+                raise self._throttle(
+                    "0x80072326",
+                    f"Number of concurrent requests exceeded the limit of {self.max_concurrent}.",
+                    1.0,
+                )
+            arrivals.append(now)
+            self._in_flight[user_id] += 1
+
+    def release(self, user_id: str, elapsed_ms: float, operations: int) -> None:
+        cost = elapsed_ms if self.execution_cost is None else self.execution_cost * operations
+        with self._lock:
+            self._in_flight[user_id] -= 1
+            self._executions.setdefault(user_id, deque()).append((time.monotonic(), cost))
+
+    def _throttle(self, code: str, message: str, wait: float) -> DataverseError:
+        self._throttled[code] += 1
+        retry_after = max(1, math.ceil(wait))
+        return DataverseError(429, code, message, headers={"Retry-After": str(retry_after)})
+
+    def throttled_total(self) -> int:
+        with self._lock:
+            return sum(self._throttled.values())
+
+    def throttled_codes(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._throttled)
+
+    def requests_in_window(self, user_id: str) -> int:
+        with self._lock:
+            arrivals, _ = self._expire(user_id, time.monotonic())
+            return len(arrivals)
+
+    def execution_in_window(self, user_id: str) -> float:
+        with self._lock:
+            _, executions = self._expire(user_id, time.monotonic())
+            return sum(ms for _, ms in executions)
+
+
+# -- $batch ---------------------------------------------------------------------------------------
+
+_HTTP_POLICY = email_policy.compat32.clone(linesep="\r\n", max_line_length=0)
+_REQUEST_LINE = re.compile(r"^(?P<method>[A-Z]+) +(?P<target>\S+)(?: +HTTP/1\.[01])?$")
+
+
+@dataclass
+class _ChangeSet:
+    journal: dict[str, Row] = field(default_factory=dict)  # mailbox id -> row before the set
+    events: list[WriteEvent] = field(default_factory=list)
+
+
+@dataclass
+class _BatchOperation:
+    """One ``application/http`` part of a batch: a request line, headers and a body."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    content_id: str | None
+
+    def request(self) -> Request:
+        target = self.target
+        if target.startswith("$"):
+            raise DataverseError(
+                400,
+                "0x80060888",
+                f"Content-ID Reference: '{target.split('/', 1)[0]}' does not exist in the batch "
+                "context.",
+            )
+        split = urlsplit(target)
+        path = split.path
+        if not split.scheme and not path.startswith("/"):
+            path = API_PREFIX + path  # relative to the service root
+        query = split.query
+        parsed: Any = None
+        if self.body.strip():
+            try:
+                parsed = json.loads(self.body)
+            except ValueError:
+                parsed = None
+        return Request(
+            method=self.method,
+            path=unquote(path),
+            target=f"{path}?{query}" if query else path,
+            query=dict(parse_qsl(query, keep_blank_values=True)),
+            headers=dict(self.headers),
+            body=self.body,
+            json=parsed,
+        )
+
+
+def _batch_error(message: str) -> DataverseError:
+    return DataverseError(400, "0x80060888", message)
+
+
+def _parse_batch(
+    content_type: str | None, body: bytes
+) -> list[_BatchOperation | list[_BatchOperation]]:
+    """A ``multipart/mixed`` batch body: operations, and change sets as lists of operations."""
+    if not content_type or not content_type.lower().startswith("multipart/mixed"):
+        raise _batch_error(
+            "The content type of a batch request must be multipart/mixed with a boundary."
+        )
+    envelope = BytesParser(policy=_HTTP_POLICY).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if envelope.get_boundary() is None:
+        raise _batch_error("The batch request's Content-Type has no boundary.")
+    if not envelope.is_multipart() or envelope.defects:
+        raise _batch_error(
+            "The batch request body is not a valid multipart/mixed message: "
+            + (", ".join(type(d).__name__ for d in envelope.defects) or "no parts")
+            + "."
+        )
+    items: list[_BatchOperation | list[_BatchOperation]] = []
+    for part in envelope.get_payload():
+        assert isinstance(part, Message)
+        if part.get_content_type() == "multipart/mixed":
+            if part.defects or not part.is_multipart():
+                raise _batch_error("A change set in the batch is not valid multipart/mixed.")
+            operations: list[_BatchOperation] = []
+            for inner in part.get_payload():
+                assert isinstance(inner, Message)
+                if inner.get_content_type() != "application/http":
+                    raise _batch_error("A change set may only contain application/http parts.")
+                operations.append(_parse_operation(inner))
+            if not operations:
+                raise _batch_error("A change set in the batch has no operations.")
+            items.append(operations)
+        elif part.get_content_type() == "application/http":
+            items.append(_parse_operation(part))
+        else:
+            raise _batch_error(
+                f"Unexpected batch part of type '{part.get_content_type()}': parts must be "
+                "application/http or multipart/mixed change sets."
+            )
+    return items
+
+
+def _parse_operation(part: Message) -> _BatchOperation:
+    encoding = (part.get("Content-Transfer-Encoding") or "binary").strip().lower()
+    if encoding != "binary":
+        raise _batch_error("Batch parts must use Content-Transfer-Encoding: binary.")
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        raise _batch_error("A batch part has no HTTP request.")
+    pieces = re.split(rb"\r?\n\r?\n", payload.lstrip(b"\r\n"), maxsplit=1)
+    head = pieces[0]
+    body = pieces[1] if len(pieces) > 1 else b""
+    request_line, _, header_block = head.partition(b"\n")
+    match = _REQUEST_LINE.match(request_line.decode("latin-1").strip())
+    if match is None:
+        raise _batch_error(
+            f"The batch part's request line '{request_line.decode('latin-1').strip()}' is not "
+            "'METHOD URL HTTP/1.1'."
+        )
+    parsed = BytesHeaderParser(policy=_HTTP_POLICY).parsebytes(header_block.lstrip(b"\r\n"))
+    headers: dict[str, str] = {}
+    for name, value in parsed.items():
+        headers[name.lower()] = str(value).strip()
+    content_id = part.get("Content-ID")
+    return _BatchOperation(
+        method=match.group("method"),
+        target=match.group("target"),
+        headers=headers,
+        body=body,
+        content_id=str(content_id).strip() if content_id is not None else None,
+    )
+
+
+def _http_part(operation: _BatchOperation, response: Response) -> Message:
+    """An ``application/http`` response part: status line, headers and body, verbatim."""
+    lines = [f"HTTP/1.1 {response.status} {_reason_phrase(response.status)}"]
+    for name, value in response.headers.items():
+        lines.append(f"{name}: {value}")
+    head = "\r\n".join(lines) + "\r\n\r\n"
+    text = head + response.body.decode("utf-8", "surrogateescape")
+    part = Message(policy=_HTTP_POLICY)
+    part["Content-Type"] = "application/http"
+    part["Content-Transfer-Encoding"] = "binary"
+    if operation.content_id is not None:
+        part["Content-ID"] = operation.content_id
+    part.set_payload(text.encode("utf-8", "surrogateescape").decode("ascii", "surrogateescape"))
+    return part
+
+
+def _change_set_part(results: list[tuple[_BatchOperation, Response]]) -> Message:
+    boundary = f"changesetresponse_{uuid.uuid4()}"
+    container = Message(policy=_HTTP_POLICY)
+    container["Content-Type"] = f"multipart/mixed; boundary={boundary}"
+    for operation, response in results:
+        container.attach(_http_part(operation, response))
+    return container
+
+
+def _multipart(boundary: str, parts: list[Message]) -> bytes:
+    """The body of a ``multipart/mixed`` message (without its own header block)."""
+    container = Message(policy=_HTTP_POLICY)
+    container["Content-Type"] = f"multipart/mixed; boundary={boundary}"
+    for part in parts:
+        container.attach(part)
+    buffer = BytesIO()
+    BytesGenerator(buffer, mangle_from_=False, policy=_HTTP_POLICY).flatten(container)
+    flattened = buffer.getvalue()
+    return flattened.split(b"\r\n\r\n", 1)[1]
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
 # -- the simulator ------------------------------------------------------------------------------
 
 
@@ -540,6 +870,8 @@ class DataverseSimulator(SandboxServer):
         self._writes: list[WriteEvent] = []
         self._listeners: list[WriteListener] = []
         self._hooks: list[BeforeWriteHook] = []
+        self._protection: _ServiceProtection | None = None
+        self._local = threading.local()  # per connection thread: the open change set, if any
         self.listener_errors: list[BaseException] = []
         self._business_unit_id = self._insert(_BUSINESS_UNIT, None, {"name": organization_name})
         self._system_user_id = self._insert(
@@ -686,7 +1018,7 @@ class DataverseSimulator(SandboxServer):
     def assign_role(self, user_id: str, role_name: str) -> None:
         with self._state:
             self._require("systemusers", user_id)
-            self._user_roles[user_id.lower()].add(self.add_role(role_name))
+            self._user_roles.setdefault(user_id.lower(), set()).add(self.add_role(role_name))
 
     def user_roles(self, user_id: str) -> list[str]:
         """Role names held by a user."""
@@ -711,6 +1043,39 @@ class DataverseSimulator(SandboxServer):
         with self._state:
             return dict(self._require("systemusers", systemuserid))
 
+    def add_team(
+        self,
+        name: str,
+        *,
+        administrator_user_id: str,
+        teamid: str | None = None,
+        teamtype: int = 0,
+        emailaddress: str | None = None,
+    ) -> str:
+        """Create a ``team`` (owner team by default) administered by a user; returns its id."""
+        _coerce(_TEAM, _TEAM.columns["teamtype"], teamtype)
+        with self._state:
+            admin = self._require("systemusers", administrator_user_id)
+            return self._insert(
+                _TEAM,
+                teamid,
+                {
+                    "name": name,
+                    "teamtype": teamtype,
+                    "emailaddress": emailaddress,
+                    "isdefault": False,
+                    "azureactivedirectoryobjectid": _new_id() if teamtype in (2, 3) else None,
+                    "_administratorid_value": admin["systemuserid"],
+                    _annotation("_administratorid_value"): "systemuser",
+                    "_businessunitid_value": self._business_unit_id,
+                    _annotation("_businessunitid_value"): "businessunit",
+                },
+            )
+
+    def team(self, teamid: str) -> dict[str, Any]:
+        with self._state:
+            return dict(self._require("teams", teamid))
+
     def add_queue(
         self,
         queueid: str | None = None,
@@ -718,21 +1083,37 @@ class DataverseSimulator(SandboxServer):
         name: str,
         emailaddress: str | None = None,
         owner_user_id: str | None = None,
+        owner_team_id: str | None = None,
     ) -> str:
+        """Create a ``queue`` owned by a user (SYSTEM by default) or by a team."""
+        if owner_user_id is not None and owner_team_id is not None:
+            raise ValueError("a queue has one owner: give owner_user_id or owner_team_id")
         with self._state:
-            owner = owner_user_id or self._system_user_id
-            self._require("systemusers", owner)
+            if owner_team_id is not None:
+                owner = str(self._require("teams", owner_team_id)["teamid"])
+                owner_type = "team"
+            else:
+                owner = str(
+                    self._require("systemusers", owner_user_id or self._system_user_id)[
+                        "systemuserid"
+                    ]
+                )
+                owner_type = "systemuser"
             return self._insert(
                 _QUEUE,
                 queueid,
                 {
                     "name": name,
                     "emailaddress": emailaddress,
-                    "_ownerid_value": owner.lower(),
-                    _annotation("_ownerid_value"): "systemuser",
+                    "_ownerid_value": owner,
+                    _annotation("_ownerid_value"): owner_type,
                     "_defaultmailbox_value": None,
                 },
             )
+
+    def queue(self, queueid: str) -> dict[str, Any]:
+        with self._state:
+            return dict(self._require("queues", queueid))
 
     # -- mailboxes ----------------------------------------------------------------------------
 
@@ -770,12 +1151,14 @@ class DataverseSimulator(SandboxServer):
                 regarding = self._require("systemusers", owner_user_id)
                 regarding_id, regarding_type = regarding["systemuserid"], "systemuser"
                 owner_id = regarding_id
+                owner_type = "systemuser"
                 default_name = regarding["fullname"]
             else:
                 assert queue_id is not None
                 regarding = self._require("queues", queue_id)
                 regarding_id, regarding_type = regarding["queueid"], "queue"
                 owner_id = regarding["_ownerid_value"]
+                owner_type = regarding.get(_annotation("_ownerid_value")) or "systemuser"
                 default_name = regarding["name"]
             profile = (emailserverprofile or self.default_email_server_profile_id).lower()
             self._require("emailserverprofiles", profile)
@@ -797,12 +1180,117 @@ class DataverseSimulator(SandboxServer):
                     "_regardingobjectid_value": regarding_id,
                     _annotation("_regardingobjectid_value"): regarding_type,
                     "_ownerid_value": owner_id,
-                    _annotation("_ownerid_value"): "systemuser",
+                    _annotation("_ownerid_value"): owner_type,
                 },
             )
             regarding["_defaultmailbox_value"] = mailbox_id
             regarding[_annotation("_defaultmailbox_value")] = "mailbox"
             return mailbox_id
+
+    def add_mailboxes(
+        self,
+        count: int,
+        *,
+        email: str = "user{index}@contoso.com",
+        fullname: str = "User {index}",
+        incoming: int | Callable[[int], int] = 2,
+        outgoing: int | Callable[[int], int] = 2,
+        act: int | Callable[[int], int] = 1,
+        approval: int | Callable[[int], int] = 1,
+        start: int = 0,
+    ) -> list[tuple[str, str]]:
+        """Create ``count`` users, each with a mailbox of their own, in one pass.
+
+        The rows are those :meth:`add_user` and :meth:`add_mailbox` create (default server
+        profile, owner = regarding = the user, the user's ``defaultmailbox`` set), built from
+        templates under one lock, so that seeding a large organization for paging tests and
+        benchmarks takes seconds. ``email`` and ``fullname`` are ``str.format`` templates with
+        ``{index}`` (``start``, ``start + 1``, ...); each choice value may be a function of the
+        index, e.g. ``incoming=lambda i: 3 if i % 10 == 0 else 2``. Returns
+        ``(systemuserid, mailboxid)`` pairs in index order.
+        """
+        if count < 0:
+            raise ValueError("count cannot be negative")
+        choices = {
+            "incomingemaildeliverymethod": incoming,
+            "outgoingemaildeliverymethod": outgoing,
+            "actdeliverymethod": act,
+            "emailrouteraccessapproval": approval,
+        }
+        checked: set[tuple[str, object]] = set()
+
+        def choice(column: str, index: int) -> object:
+            given = choices[column]
+            value = given(index) if callable(given) else given
+            if (column, value) not in checked:
+                _coerce(_MAILBOX, _MAILBOX.columns[column], value)
+                checked.add((column, value))
+            return value
+
+        created: list[tuple[str, str]] = []
+        with self._state:
+            profile = self.default_email_server_profile_id
+            system = self._system_user_id
+            now = _now()
+            user_template: Row = dict.fromkeys(_USER.columns)
+            user_template.update(
+                {
+                    "isdisabled": False,
+                    "accessmode": 0,
+                    "_businessunitid_value": self._business_unit_id,
+                    "createdon": now,
+                    "modifiedon": now,
+                    _annotation("_defaultmailbox_value"): "mailbox",
+                }
+            )
+            mailbox_template: Row = dict.fromkeys(_MAILBOX.columns)
+            mailbox_template.update(
+                {
+                    "incomingemailstatus": 0,
+                    "outgoingemailstatus": 0,
+                    "actstatus": 0,
+                    "mailboxstatus": 0,
+                    "isforwardmailbox": False,
+                    "statecode": 0,
+                    "statuscode": 1,
+                    "createdon": now,
+                    "modifiedon": now,
+                    "_emailserverprofile_value": profile,
+                    _annotation("_emailserverprofile_value"): "emailserverprofile",
+                    _annotation("_regardingobjectid_value"): "systemuser",
+                    _annotation("_ownerid_value"): "systemuser",
+                    "_createdby_value": system,
+                    _annotation("_createdby_value"): "systemuser",
+                    "_modifiedby_value": system,
+                    _annotation("_modifiedby_value"): "systemuser",
+                }
+            )
+            users = self._rows["systemusers"]
+            mailboxes = self._rows["mailboxes"]
+            for index in range(start, start + count):
+                user_id, mailbox_id = _new_id(), _new_id()
+                address = email.format(index=index)
+                user = user_template.copy()
+                user["systemuserid"] = user_id
+                user["fullname"] = fullname.format(index=index)
+                user["internalemailaddress"] = address
+                user["domainname"] = address
+                user["azureactivedirectoryobjectid"] = _new_id()
+                user["_defaultmailbox_value"] = mailbox_id
+                user["versionnumber"] = self._next_version()
+                mailbox = mailbox_template.copy()
+                mailbox["mailboxid"] = mailbox_id
+                mailbox["name"] = user["fullname"]
+                mailbox["emailaddress"] = address
+                for column in choices:
+                    mailbox[column] = choice(column, index)
+                mailbox["_regardingobjectid_value"] = user_id
+                mailbox["_ownerid_value"] = user_id
+                mailbox["versionnumber"] = self._next_version()
+                users[user_id] = user
+                mailboxes[mailbox_id] = mailbox
+                created.append((user_id, mailbox_id))
+        return created
 
     def mailbox(self, mailbox_id: str) -> dict[str, Any]:
         """A copy of the current mailbox row (``KeyError`` if it does not exist)."""
@@ -876,6 +1364,64 @@ class DataverseSimulator(SandboxServer):
                 total += 1
         return total
 
+    # -- service protection limits ------------------------------------------------------------
+
+    def set_service_protection(
+        self,
+        requests_per_window: int,
+        window_seconds: float,
+        max_concurrent: int = 52,
+        execution_ms_per_window: float | None = None,
+        *,
+        execution_ms_per_request: float | None = None,
+    ) -> None:
+        """Enforce Dataverse's service protection limits per calling user (sliding window).
+
+        Production values are ``(6000, 300, 52, 1_200_000)``; tests scale the window down. Past a
+        limit the request is answered 429 with ``Retry-After`` (whole seconds until the window
+        admits it, rounded up) and code 0x80072322 (request count), 0x80072321 (combined
+        execution time) or 0x80072326 (concurrent requests); a throttled request is not counted.
+        A ``$batch`` is one request for the count and the concurrency limits, and charges the
+        execution time of all its operations. Execution time is measured, or
+        ``execution_ms_per_request`` per request (per operation in a batch) when given, to
+        model a slow organization. Calling it again resets the counters.
+        """
+        if requests_per_window < 1 or window_seconds <= 0 or max_concurrent < 1:
+            raise ValueError("limits must be positive")
+        self._protection = _ServiceProtection(
+            requests_per_window,
+            float(window_seconds),
+            max_concurrent,
+            execution_ms_per_window,
+            execution_ms_per_request,
+        )
+
+    def clear_service_protection(self) -> None:
+        """Stop enforcing the limits (the default)."""
+        self._protection = None
+
+    @property
+    def throttled_count(self) -> int:
+        """Requests answered 429 by the service protection limits since they were set."""
+        protection = self._protection
+        return protection.throttled_total() if protection is not None else 0
+
+    @property
+    def throttled_by_code(self) -> dict[str, int]:
+        """Service protection 429s by error code (``0x80072322``, ``0x80072321``...)."""
+        protection = self._protection
+        return protection.throttled_codes() if protection is not None else {}
+
+    def requests_in_window(self, user_id: str) -> int:
+        """Requests by this user that the sliding window currently counts."""
+        protection = self._protection
+        return protection.requests_in_window(user_id.lower()) if protection is not None else 0
+
+    def execution_ms_in_window(self, user_id: str) -> float:
+        """Combined execution time (ms) of this user's requests in the current window."""
+        protection = self._protection
+        return protection.execution_in_window(user_id.lower()) if protection is not None else 0.0
+
     # -- HTTP ---------------------------------------------------------------------------------
 
     def common_headers(self, request: Request) -> dict[str, str]:
@@ -902,24 +1448,46 @@ class DataverseSimulator(SandboxServer):
         try:
             return self._route(request)
         except DataverseError as error:
-            headers = {"Content-Type": ODATA_JSON}
-            if error.status == 401:
-                headers["WWW-Authenticate"] = (
-                    "Bearer authorization_uri=https://login.microsoftonline.com/common/oauth2/"
-                    f"authorize, resource_id={self.url}/"
-                )
-            return json_response(
-                error.status, _error_body(error.code, error.message), headers=headers
+            return self._error_response(error)
+
+    def _error_response(self, error: DataverseError) -> Response:
+        headers = {"Content-Type": ODATA_JSON}
+        if error.status == 401:
+            headers["WWW-Authenticate"] = (
+                "Bearer authorization_uri=https://login.microsoftonline.com/common/oauth2/"
+                f"authorize, resource_id={self.url}/"
             )
+        headers.update(error.headers)
+        return json_response(error.status, _error_body(error.code, error.message), headers=headers)
 
     def _route(self, request: Request) -> Response:
         if not (request.path + "/").startswith(API_PREFIX):
             raise _not_found(request.path.lstrip("/").split("/", 1)[0])
         user_id = self._authenticate(request)
+        protection = self._protection
+        if protection is None:
+            return self._dispatch(request, user_id)
+        protection.admit(user_id)
+        self._local.operations = 1
+        started = time.perf_counter()
+        try:
+            return self._dispatch(request, user_id)
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000.0
+            protection.release(user_id, elapsed_ms, int(getattr(self._local, "operations", 1)))
+
+    def _dispatch(self, request: Request, user_id: str, *, in_batch: bool = False) -> Response:
         rest = request.path[len(API_PREFIX) :]
         segments = [s for s in rest.split("/") if s]
         if not segments:
             raise _not_found("")
+        if segments == ["$batch"]:
+            if in_batch:
+                raise DataverseError(
+                    400, "0x80060888", "A batch request cannot contain another batch request."
+                )
+            _require_method(request, "POST")
+            return self._batch(request, user_id)
         match = _SEGMENT.match(segments[0])
         if match is None:
             raise _not_found(segments[0])
@@ -943,9 +1511,7 @@ class DataverseSimulator(SandboxServer):
             if len(segments) > 1:
                 raise _not_found(segments[1])
             _require_method(request, "GET")
-            with self._state:
-                rows = [dict(r) for r in self._rows[table.entity_set].values()]
-            return self._query(request, table, rows, f"{table.entity_set}")
+            return self._query(request, table, None, f"{table.entity_set}")
         row_id = _parse_key(key)
         if len(segments) == 1:
             if request.method == "GET":
@@ -968,6 +1534,107 @@ class DataverseSimulator(SandboxServer):
                 rows = [dict(roles[r]) for r in sorted(self._user_roles.get(row_id, ()))]
             return self._query(request, _ROLE, rows, "roles")
         raise _not_found(segments[1])
+
+    # -- $batch --------------------------------------------------------------------------------
+
+    def _batch(self, request: Request, user_id: str) -> Response:
+        items = _parse_batch(request.header("content-type"), request.body)
+        total = sum(len(item) if isinstance(item, list) else 1 for item in items)
+        if total > MAX_BATCH_OPERATIONS:
+            raise DataverseError(
+                400,
+                "0x80060888",
+                "The current batch message contains too many parts. Only batch messages with a "
+                f"maximum number of '{MAX_BATCH_OPERATIONS}' query operations, including "
+                "changeset operations, are allowed.",
+            )
+        self._local.operations = max(1, total)
+        prefer = _preferences(request.header("prefer"))
+        continue_on_error = "odata.continue-on-error" in prefer
+        parts: list[Message] = []
+        status = 200
+        for item in items:
+            if isinstance(item, list):
+                results, failed = self._change_set(item, user_id)
+                if failed is None:
+                    parts.append(_change_set_part(results))
+                    continue
+                parts.append(_http_part(*failed))
+                failure = failed[1].status
+            else:
+                response = self._operation(item, user_id, in_change_set=False)
+                parts.append(_http_part(item, response))
+                if response.status < 400:
+                    continue
+                failure = response.status
+            if not continue_on_error:
+                status = failure  # the batch error is the error of the first failing request
+                break
+        boundary = f"batchresponse_{uuid.uuid4()}"
+        headers = {"Content-Type": f"multipart/mixed; boundary={boundary}"}
+        if continue_on_error:
+            headers["Preference-Applied"] = "odata.continue-on-error"
+        return Response(status, _multipart(boundary, parts), headers)
+
+    def _operation(
+        self, operation: _BatchOperation, user_id: str, *, in_change_set: bool
+    ) -> Response:
+        try:
+            if in_change_set and operation.method == "GET":
+                raise DataverseError(
+                    400,
+                    "0x80060888",
+                    "A change set cannot contain a GET request: query operations belong outside "
+                    "change sets.",
+                )
+            response = self._dispatch(operation.request(), user_id, in_batch=True)
+        except DataverseError as error:
+            response = self._error_response(error)
+        request_id = str(uuid.uuid4())
+        headers = {"REQ_ID": request_id, "OData-Version": "4.0"}
+        headers.update(response.headers)
+        response.headers = headers
+        return response
+
+    def _change_set(
+        self, operations: list[_BatchOperation], user_id: str
+    ) -> tuple[list[tuple[_BatchOperation, Response]], tuple[_BatchOperation, Response] | None]:
+        """Run a change set atomically: all operations commit, or none and its first error.
+
+        The state lock is held throughout, so nobody observes a half-applied change set; the
+        write events are published only once every operation has succeeded.
+        """
+        changeset = _ChangeSet()
+        results: list[tuple[_BatchOperation, Response]] = []
+        with self._state:
+            self._local.changeset = changeset
+            try:
+                for operation in operations:
+                    response = self._operation(operation, user_id, in_change_set=True)
+                    if response.status >= 400:
+                        self._rollback(changeset)
+                        return [], (operation, response)
+                    results.append((operation, response))
+            except BaseException:
+                self._rollback(changeset)
+                raise
+            finally:
+                self._local.changeset = None
+        for event in changeset.events:
+            self._publish(event)
+        return results, None
+
+    def _rollback(self, changeset: _ChangeSet) -> None:
+        with self._state:
+            rows = self._rows["mailboxes"]
+            for mailbox_id, saved in changeset.journal.items():
+                row = rows[mailbox_id]
+                row.clear()
+                row.update(saved)
+            undone = {id(event) for event in changeset.events}
+            self._writes = [w for w in self._writes if id(w) not in undone]
+            changeset.journal.clear()
+            changeset.events.clear()
 
     def _authenticate(self, request: Request) -> str:
         scheme, _, token = (request.header("authorization") or "").partition(" ")
@@ -1009,34 +1676,55 @@ class DataverseSimulator(SandboxServer):
         headers.update(_applied(prefer, include_page_size=False))
         return self._odata(200, payload, headers)
 
-    def _query(self, request: Request, table: _Table, rows: list[Row], context: str) -> Response:
+    def _query(
+        self, request: Request, table: _Table, rows: list[Row] | None, context: str
+    ) -> Response:
+        """A collection read; ``rows`` None reads the table's live rows under the lock.
+
+        Only references are filtered and only the page is copied (serialized), so paging
+        through 100,000 rows costs one pass over references per page, not a copy of the table.
+        """
         _check_options(request, allowed={"$select", "$filter", "$top", "$count", "$skiptoken"})
         select = _parse_select(table, request.query.get("$select"))
         prefer = _preferences(request.header("prefer"))
         annotations = _Annotations(prefer.get("odata.include-annotations"))
         page_size = _page_size(prefer.get("odata.maxpagesize"))
         filter_text = request.query.get("$filter")
-        if filter_text:
-            predicate = _FilterParser(filter_text, table).parse()
-            rows = [r for r in rows if predicate(r)]
-        rows.sort(key=lambda r: str(r[table.key]))
-        total = len(rows)
+        predicate = _FilterParser(filter_text, table).parse() if filter_text else None
         top_text = request.query.get("$top")
-        if top_text is not None:
-            if not top_text.isdigit():
-                raise DataverseError(
-                    400, "0x80060888", f"Invalid value '{top_text}' for the $top query option."
-                )
-            rows = rows[: int(top_text)]
+        if top_text is not None and not top_text.isdigit():
+            raise DataverseError(
+                400, "0x80060888", f"Invalid value '{top_text}' for the $top query option."
+            )
         skiptoken = request.query.get("$skiptoken")
         page_number = 1
+        last_key: str | None = None
         if skiptoken is not None:
             last_key, page_number = _decode_skiptoken(skiptoken, table.key)
-            rows = [r for r in rows if str(r[table.key]) > last_key]
-        more = top_text is None and len(rows) > page_size
-        page = rows[:page_size]
+        key = table.key
+
+        def sort_key(row: Row) -> str:
+            return str(row[key])
+
         with self._state:
+            source = self._rows[table.entity_set].values() if rows is None else rows
+            matched = [r for r in source if predicate(r)] if predicate else list(source)
+            total = len(matched)
+            if top_text is not None:
+                matched.sort(key=sort_key)
+                matched = matched[: int(top_text)]
+                if last_key is not None:
+                    matched = [r for r in matched if str(r[key]) > last_key]
+                more = False
+                page = matched[:page_size]
+            else:
+                if last_key is not None:
+                    matched = [r for r in matched if str(r[key]) > last_key]
+                window = heapq.nsmallest(page_size + 1, matched, key=sort_key)
+                more = len(window) > page_size
+                page = window[:page_size]
             values = [self._serialize(table, r, select, annotations) for r in page]
+            next_token = _encode_skiptoken(key, page, page_number + 1) if more else None
         context_url = f"{self.api_url}/$metadata#{context}"
         if select:
             context_url += f"({','.join(select)})"
@@ -1044,10 +1732,8 @@ class DataverseSimulator(SandboxServer):
         if request.query.get("$count", "").lower() == "true":
             payload["@odata.count"] = total
         payload["value"] = values
-        if more:
-            payload["@odata.nextLink"] = self._next_link(
-                request, _encode_skiptoken(table.key, page, page_number + 1)
-            )
+        if next_token is not None:
+            payload["@odata.nextLink"] = self._next_link(request, next_token)
         return self._odata(200, payload, _applied(prefer, include_page_size=True))
 
     def _next_link(self, request: Request, skiptoken: str) -> str:
@@ -1117,8 +1803,14 @@ class DataverseSimulator(SandboxServer):
         pending = PendingWrite(mailbox_id, user_id, dict(changes), tag, if_match)
         with self._state:
             hooks = list(self._hooks)
-        for hook in hooks:
-            hook(pending)
+        # A hook plays another client: its writes are not part of this request's change set.
+        changeset = getattr(self._local, "changeset", None)
+        self._local.changeset = None
+        try:
+            for hook in hooks:
+                hook(pending)
+        finally:
+            self._local.changeset = changeset
         event = self._commit(
             user_id,
             mailbox_id,
@@ -1231,6 +1923,9 @@ class DataverseSimulator(SandboxServer):
                 # A new address must be approved again before server-side sync uses it.
                 changes["emailrouteraccessapproval"] = 0
             before = dict(row)
+            changeset = getattr(self._local, "changeset", None)
+            if changeset is not None:
+                changeset.journal.setdefault(str(row["mailboxid"]), before)
             previous = {column: row.get(column) for column in changes}
             for column, value in changes.items():
                 row[column] = value
@@ -1261,9 +1956,13 @@ class DataverseSimulator(SandboxServer):
                 source=source,
             )
             self._writes.append(event)
+            if changeset is not None:
+                changeset.events.append(event)
             return event
 
     def _publish(self, event: WriteEvent) -> None:
+        if getattr(self._local, "changeset", None) is not None:
+            return  # published when the change set commits
         with self._state:
             listeners = list(self._listeners)
         for listener in listeners:

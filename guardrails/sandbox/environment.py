@@ -27,6 +27,9 @@ TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "3f4e2d1c-0b9a-4c8d-9e7f-6a5b4c3d2e1f"
 SECRET = "sandbox-secret-not-for-production"
 GUARDRAIL_ROLE = "Mailbox Guardrails"
+# What admin consent grants the app in Graph: sendMail/draft send, and drafts for exactly-once
+# notifications (create, then look up by internetMessageId after a lost answer).
+GRAPH_PERMISSIONS = ("Mail.Send", "Mail.ReadWrite")
 _PRE_IMAGE_COLUMNS = (
     "incomingemaildeliverymethod",
     "outgoingemaildeliverymethod",
@@ -73,6 +76,7 @@ class Sandbox:
         self.graph = GraphSimulator(self.tls)
         self.graph.token_validator = self.identity.validator(self.graph.url)
         client_id = self._register_app()
+        self.graph.grant(client_id, *GRAPH_PERMISSIONS)
         self.app_user_id = self.dataverse.add_user(
             fullname="# Mailbox Guardrails",
             internalemailaddress="guardrails@contoso.com",
@@ -131,6 +135,33 @@ class Sandbox:
             owner_user_id=user_id, emailaddress=email, name=name, **mailbox
         )
         return user_id, mailbox_id
+
+    def add_queue_mailbox(
+        self,
+        name: str,
+        email: str,
+        *,
+        team: str | None = None,
+        administrator_user_id: str | None = None,
+        **mailbox: Any,
+    ) -> tuple[str, str]:
+        """A queue and its server-side sync mailbox: (queue id, mailbox id).
+
+        With ``team`` the queue is owned by a new owner team of that name, administered by
+        ``administrator_user_id`` (required then), so the mailbox's owner is a team, not a user.
+        """
+        owner_team_id: str | None = None
+        if team is not None:
+            if administrator_user_id is None:
+                raise ValueError("a team needs administrator_user_id")
+            owner_team_id = self.dataverse.add_team(
+                team, administrator_user_id=administrator_user_id
+            )
+        queue_id = self.dataverse.add_queue(
+            name=name, emailaddress=email, owner_team_id=owner_team_id
+        )
+        mailbox_id = self.dataverse.add_mailbox(queue_id=queue_id, emailaddress=email, **mailbox)
+        return queue_id, mailbox_id
 
     def _on_write(self, write: WriteEvent) -> None:
         before = write.before

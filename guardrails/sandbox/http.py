@@ -3,20 +3,31 @@
 Each simulator is a real HTTP server on ``127.0.0.1`` so that the production clients (``requests``,
 ``msal``) are exercised exactly as they run against Microsoft's services: TLS, headers, status
 codes, retries and all. Subclasses implement :meth:`SandboxServer.handle` as a pure function from a
-parsed :class:`Request` to a :class:`Response`; the base records every exchange and can delay or
-replace answers (throttling, outages) without the subclass knowing.
+parsed :class:`Request` to a :class:`Response`; the base records every exchange and can delay,
+replace or lose answers without the subclass knowing, the way a flaky cloud does:
+
+* a canned status instead of acting (throttling, an outage) or after acting (a gateway that
+  answers 503 although the backend committed);
+* a connection dropped before acting, or after acting (the write committed, the answer was lost);
+* a delay before acting (the client may give up, the server still acts afterwards) or after
+  acting (the client times out on a request that did take effect);
+* seeded random chaos mixing all of these over a fraction of the requests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +38,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from guardrails.sandbox.tls import SandboxTLS
 
 __all__ = [
+    "CHAOS_KINDS",
     "Fault",
     "RecordedRequest",
     "Request",
@@ -38,6 +50,10 @@ __all__ = [
 ]
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+_MOMENTS = ("reset_before", "reset_after", "delay_before", "delay_after")
+CHAOS_KINDS: tuple[str, ...] = (*_MOMENTS, "429", "500", "503", "503_after")
+"""What :meth:`SandboxServer.chaos` mixes by default: every transport fault, throttling, server
+errors before acting and a gateway error after the backend acted."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +80,19 @@ class Request:
 
 @dataclass(frozen=True)
 class RecordedRequest(Request):
-    """A request together with the status the sandbox answered it with."""
+    """A request together with what the sandbox did with it.
+
+    ``status`` is the status sent to the client, 0 when no answer was sent (the connection was
+    dropped). ``fault`` names the injected fault (``"reset_before"``, ``"reset_after"``,
+    ``"delay_before"``, ``"delay_after"``, ``"503"``, ``"503_after"``...), None for a normal
+    exchange. ``handled_status`` is the status the simulator itself produced when it acted on the
+    request (None when a fault kept it from acting): with ``reset_after`` it is 204 for a
+    committed PATCH whose answer the client never got.
+    """
 
     status: int
+    fault: str | None = None
+    handled_status: int | None = None
 
 
 @dataclass
@@ -80,7 +106,13 @@ class Response:
 
 @dataclass
 class Fault:
-    """A canned answer that replaces the next ``times`` matching requests."""
+    """A fault applied to the next ``times`` matching requests.
+
+    ``kind`` is ``"status"`` (answer ``status``; with ``after`` only once the server has acted),
+    ``"reset_before"``/``"reset_after"`` (drop the connection without an answer, before or after
+    acting) or ``"delay_before"``/``"delay_after"`` (wait ``delay`` seconds before acting, or
+    after acting and before answering).
+    """
 
     status: int
     times: int
@@ -88,6 +120,21 @@ class Fault:
     body: object | None = None
     path_contains: str | None = None
     method: str | None = None
+    kind: str = "status"
+    after: bool = False
+    delay: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """How the request log and :attr:`SandboxServer.chaos_counts` name this fault."""
+        if self.kind != "status":
+            return self.kind
+        return f"{self.status}_after" if self.after else str(self.status)
+
+    @property
+    def acts(self) -> bool:
+        """Whether the server handles (and commits) the request despite the fault."""
+        return self.kind in ("reset_after", "delay_before", "delay_after") or self.after
 
     def matches(self, request: Request) -> bool:
         """True when the request's method and target (path and query) match the filters."""
@@ -96,6 +143,69 @@ class Fault:
         if self.path_contains is None:
             return True
         return self.path_contains in request.target or self.path_contains in request.path
+
+
+@dataclass
+class _Chaos:
+    rate: float
+    kinds: tuple[str, ...]
+    rng: random.Random
+    path_contains: str | None
+    method: str | None
+    retry_after: tuple[float, float]
+    delay: tuple[float, float]
+
+    def matches(self, request: Request) -> bool:
+        return Fault(0, 1, path_contains=self.path_contains, method=self.method).matches(request)
+
+    def draw(self, request: Request) -> Fault | None:
+        """One random decision per matching request, in arrival order (so a seed replays)."""
+        if not self.matches(request):
+            return None
+        roll = self.rng.random()
+        kind = self.rng.choice(self.kinds)
+        retry_after = _draw(self.rng, self.retry_after)
+        delay = _draw(self.rng, self.delay)
+        if roll >= self.rate:
+            return None
+        if kind in _MOMENTS:
+            return Fault(0, 1, kind=kind, delay=delay)
+        code, _, suffix = kind.partition("_")
+        status = int(code)
+        return Fault(
+            status,
+            1,
+            retry_after=retry_after if status in (429, 503) else None,
+            after=suffix == "after",
+        )
+
+
+@dataclass
+class _Outcome:
+    """What the connection handler does with a served request."""
+
+    response: Response | None  # None: drop the connection without answering
+    delay_after: float = 0.0
+
+
+def _draw(rng: random.Random, bounds: tuple[float, float]) -> float:
+    low, high = bounds
+    if float(low).is_integer() and float(high).is_integer():
+        return float(rng.randint(int(low), int(high)))
+    return round(rng.uniform(low, high), 3)
+
+
+def _chaos_kind(kind: str | int) -> str:
+    text = str(kind).strip().lower()
+    if text in _MOMENTS:
+        return text
+    code, _, suffix = text.partition("_")
+    if code.isdigit() and 400 <= int(code) <= 599 and suffix in ("", "after"):
+        return text
+    raise ValueError(
+        f"unknown chaos kind {kind!r}: use {', '.join(_MOMENTS)}, a 4xx/5xx status or "
+        "'<status>_after'"
+    )
 
 
 def json_response(
@@ -133,6 +243,9 @@ class SandboxServer(ABC):
         self._log_lock = threading.Lock()
         self._log: list[RecordedRequest] = []
         self._faults: list[Fault] = []
+        self._chaos: _Chaos | None = None
+        self._chaos_counts: Counter[str] = Counter()
+        self._closing = threading.Event()
         self._connections: set[socket.socket] = set()
         self._closed = False
         self._httpd = _HTTPServer(("127.0.0.1", 0), _make_handler(self))
@@ -196,28 +309,133 @@ class SandboxServer(ABC):
 
     def inject(
         self,
-        status: int,
+        status: int | None = None,
         *,
         times: int = 1,
         retry_after: float | None = None,
         body: object | None = None,
         path_contains: str | None = None,
         method: str | None = None,
+        after: bool = False,
+        reset_before: bool = False,
+        reset_after: bool = False,
+        delay_before: float | None = None,
+        delay_after: float | None = None,
     ) -> None:
-        """Answer the next ``times`` matching requests with ``status`` instead of handling them.
+        """Apply a fault to the next ``times`` matching requests (exactly one kind per call).
 
-        ``body`` may be bytes (sent as is) or any JSON value; by default the service's own error
-        shape is used (see :meth:`fault_body`). ``retry_after`` adds a ``Retry-After`` header.
-        Faults are consumed in the order they were injected; a faulted request is still logged.
+        * ``status``: answer with that status instead of handling the request; with
+          ``after=True`` the request is handled (and committed) first and the client still gets
+          ``status`` (a gateway error after the backend acted). ``body`` may be bytes (sent as
+          is) or any JSON value; by default the service's own error shape is used (see
+          :meth:`fault_body`). ``retry_after`` adds a ``Retry-After`` header.
+        * ``reset_before=True``: drop the connection without acting and without an answer.
+        * ``reset_after=True``: act (commit, publish events), then drop the connection without
+          sending the answer: the answer is lost.
+        * ``delay_before=seconds``: wait, then act and answer; a client with a shorter timeout
+          gives up, and the server still acts afterwards.
+        * ``delay_after=seconds``: act, then wait before answering.
+
+        Faults are consumed in the order they were injected, before :meth:`chaos`; a faulted
+        request is still logged, with the fault's name in :attr:`RecordedRequest.fault`.
         """
         if times < 1:
             raise ValueError("times must be at least 1")
+        chosen = [
+            name
+            for name, given in (
+                ("status", status is not None),
+                ("reset_before", reset_before),
+                ("reset_after", reset_after),
+                ("delay_before", delay_before is not None),
+                ("delay_after", delay_after is not None),
+            )
+            if given
+        ]
+        if len(chosen) != 1:
+            raise ValueError(
+                "give exactly one of status, reset_before, reset_after, delay_before and "
+                f"delay_after (got {', '.join(chosen) or 'none'})"
+            )
+        kind = chosen[0]
+        if after and kind != "status":
+            raise ValueError("after=True only applies to a status fault")
+        if kind != "status" and (retry_after is not None or body is not None):
+            raise ValueError("retry_after and body only apply to a status fault")
+        delay = delay_before if delay_before is not None else delay_after
+        if delay is not None and delay < 0:
+            raise ValueError("a delay cannot be negative")
+        fault = Fault(
+            status if status is not None else 0,
+            times,
+            retry_after,
+            body,
+            path_contains,
+            method,
+            kind=kind,
+            after=after,
+            delay=float(delay or 0.0),
+        )
         with self._log_lock:
-            self._faults.append(Fault(status, times, retry_after, body, path_contains, method))
+            self._faults.append(fault)
+
+    def chaos(
+        self,
+        rate: float,
+        *,
+        kinds: Iterable[str | int] = CHAOS_KINDS,
+        seed: int | None = 0,
+        path_contains: str | None = None,
+        method: str | None = None,
+        retry_after: tuple[float, float] = (1, 3),
+        delay: tuple[float, float] = (0.5, 1.0),
+    ) -> None:
+        """Apply a random fault from ``kinds`` to about ``rate`` of the matching requests.
+
+        ``kinds`` are ``"reset_before"``, ``"reset_after"``, ``"delay_before"``,
+        ``"delay_after"``, a status (``429``, ``"503"``) or ``"<status>_after"`` (answer the
+        status after acting). For a given ``seed`` the same sequence of matching requests gets
+        the same faults, with ``Retry-After`` (429 and 503) and delays drawn from the given
+        ranges (whole seconds when both bounds are integers). Explicit :meth:`inject` faults
+        take precedence. Calling it again replaces the previous chaos and resets
+        :attr:`chaos_counts`; :meth:`clear_faults` stops it.
+        """
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be between 0 and 1")
+        normalized = tuple(_chaos_kind(kind) for kind in kinds)
+        if not normalized:
+            raise ValueError("chaos needs at least one kind")
+        for low, high in (retry_after, delay):
+            if low < 0 or high < low:
+                raise ValueError("ranges must be (min, max) with 0 <= min <= max")
+        with self._log_lock:
+            self._chaos = _Chaos(
+                rate,
+                normalized,
+                random.Random(seed),
+                path_contains,
+                method,
+                (float(retry_after[0]), float(retry_after[1])),
+                (float(delay[0]), float(delay[1])),
+            )
+            self._chaos_counts = Counter()
+
+    @property
+    def chaos_counts(self) -> dict[str, int]:
+        """How many faults chaos injected, by kind (e.g. ``{"reset_after": 3, "429": 2}``)."""
+        with self._log_lock:
+            return dict(self._chaos_counts)
+
+    @property
+    def chaos_active(self) -> bool:
+        with self._log_lock:
+            return self._chaos is not None
 
     def clear_faults(self) -> None:
+        """Forget pending injected faults and stop chaos (its counts stay readable)."""
         with self._log_lock:
             self._faults.clear()
+            self._chaos = None
 
     @property
     def pending_faults(self) -> int:
@@ -232,6 +450,7 @@ class SandboxServer(ABC):
                 return
             self._closed = True
             connections = list(self._connections)
+        self._closing.set()  # ends injected delays early
         self._httpd.shutdown()
         self._httpd.server_close()
         for connection in connections:
@@ -260,6 +479,11 @@ class SandboxServer(ABC):
                     if fault.times == 0:
                         del self._faults[index]
                     return fault
+            if self._chaos is not None:
+                drawn = self._chaos.draw(request)
+                if drawn is not None:
+                    self._chaos_counts[drawn.name] += 1
+                return drawn
         return None
 
     def _fault_response(self, fault: Fault, request: Request) -> Response:
@@ -271,22 +495,54 @@ class SandboxServer(ABC):
         body = fault.body if fault.body is not None else self.fault_body(request, fault.status)
         return json_response(fault.status, body, headers=headers)
 
-    def _serve(self, request: Request) -> Response:
+    def _pause(self, seconds: float) -> bool:
+        """Sleep unless the server closes meanwhile; True when it is still open."""
+        if seconds > 0:
+            self._closing.wait(seconds)
+        return not self._closing.is_set()
+
+    def _act(self, request: Request) -> Response:
+        try:
+            return self.handle(request)
+        except Exception as exc:  # a simulator bug must reach the test, not kill the thread
+            with self._log_lock:
+                self.errors.append(exc)
+            return json_response(500, self.fault_body(request, 500))
+
+    def _serve(self, request: Request) -> _Outcome:
         if self.latency > 0:
             time.sleep(self.latency)
         fault = self._take_fault(request)
-        if fault is not None:
-            response = self._fault_response(fault, request)
-        else:
-            try:
-                response = self.handle(request)
-            except Exception as exc:  # a simulator bug must reach the test, not kill the thread
-                with self._log_lock:
-                    self.errors.append(exc)
-                response = json_response(500, self.fault_body(request, 500))
+        if fault is None:
+            response = self._finish(request, self._act(request))
+            self._record(request, response.status, None, response.status)
+            return _Outcome(response)
+        if fault.kind == "delay_before" and not self._pause(fault.delay):
+            self._record(request, 0, fault.name, None)  # closed while waiting: never acted
+            return _Outcome(None)
+        handled = self._finish(request, self._act(request)) if fault.acts else None
+        handled_status = handled.status if handled is not None else None
+        if fault.kind in ("reset_before", "reset_after"):
+            self._record(request, 0, fault.name, handled_status)
+            return _Outcome(None)
+        if fault.kind in ("delay_before", "delay_after"):
+            assert handled is not None
+            self._record(request, handled.status, fault.name, handled.status)
+            delay = fault.delay if fault.kind == "delay_after" else 0.0
+            return _Outcome(handled, delay_after=delay)
+        response = self._finish(request, self._fault_response(fault, request))
+        self._record(request, response.status, fault.name, handled_status)
+        return _Outcome(response)
+
+    def _finish(self, request: Request, response: Response) -> Response:
         headers = self.common_headers(request)
         headers.update(response.headers)
         response.headers = headers
+        return response
+
+    def _record(
+        self, request: Request, status: int, fault: str | None, handled_status: int | None
+    ) -> None:
         recorded = RecordedRequest(
             method=request.method,
             path=request.path,
@@ -295,13 +551,14 @@ class SandboxServer(ABC):
             headers=request.headers,
             body=request.body,
             json=request.json,
-            status=response.status,
+            status=status,
+            fault=fault,
+            handled_status=handled_status,
         )
         # Logged before the answer is written, so a client that got its response always finds
         # its request in the log.
         with self._log_lock:
             self._log.append(recorded)
-        return response
 
     def _track(self, connection: socket.socket, *, add: bool) -> None:
         with self._log_lock:
@@ -406,7 +663,14 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
             except (ValueError, OSError):
                 self.send_error(400, "Malformed request body")
                 return
-            response = sandbox._serve(_parse_request(self, body))
+            outcome = sandbox._serve(_parse_request(self, body))
+            response = outcome.response
+            if response is None:
+                self._drop()
+                return
+            if outcome.delay_after > 0 and not sandbox._pause(outcome.delay_after):
+                self._drop()
+                return
             self.send_response(response.status, _reason(response.status))
             for name, value in response.headers.items():
                 self.send_header(name, value)
@@ -415,6 +679,17 @@ def _make_handler(sandbox: SandboxServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if response.body and self.command != "HEAD":
                 self.wfile.write(response.body)
+
+        def _drop(self) -> None:
+            """Abort the connection: an RST, no status line, as when a load balancer or the
+            network loses the answer. The client sees a ConnectionError."""
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            with contextlib.suppress(OSError):
+                self.connection.close()
 
         do_GET = _dispatch
         do_POST = _dispatch
