@@ -24,4 +24,5 @@ def mailbox_guardrail(message: func.ServiceBusMessage) -> None:
         message_id=message.message_id,
         properties=message.application_properties,
         content_type=message.content_type,
+        enqueued_time=message.enqueued_time_utc,
     )

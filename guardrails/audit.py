@@ -31,7 +31,6 @@ def audit_record(
         "duration_ms": duration_ms,
     }
     if decision is not None:
-        event = decision.event
         record.update(
             correlation_id=decision.correlation_id,
             mailbox_id=decision.mailbox_id,
@@ -42,10 +41,12 @@ def audit_record(
             before={v.column.value: to_json(v.actual) for v in decision.violations},
             after=webapi_body(decision.patch),
             violations=[v.to_dict() for v in decision.violations],
-            changed=sorted(c.value for c in event.changed) if event else [],
+            changed=list(decision.changed),
             unverified=[f.value for f in decision.unverified],
             notes=list(decision.notes),
         )
+        if decision.attention:
+            record["attention"] = decision.attention
     wrote = getattr(result, "wrote", False)
     record["wrote"] = wrote
     record["notified"] = list(getattr(result, "notified", ()))

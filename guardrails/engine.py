@@ -24,11 +24,12 @@ from guardrails.mailbox import (
     MailboxState,
     describe,
     mailbox_event,
+    patch_from_body,
     webapi_body,
 )
 from guardrails.message import ExecutionContext, Rejection
 from guardrails.policy.model import ORGANIZATION_DEFAULT, Mode, Policy, Scope
-from guardrails.values import EntityReference, Value, to_json
+from guardrails.values import EntityReference, Value, from_json, to_json
 
 GOVERNED_MESSAGES = frozenset({"Create", "Update"})
 
@@ -48,6 +49,7 @@ class Fact(StrEnum):
     OWNER = "owner"
     QUEUE = "queue"
     ORGANIZATION_DEFAULTS = "organization_defaults"
+    ACCEPTED = "accepted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,9 @@ class UserFacts:
     role_ids: frozenset[str] = frozenset()
     role_names: frozenset[str] = frozenset()  # lower-cased
     disabled: bool = False
+    # accessmode Read-Write (0) or Administrative (1): a person at a keyboard. The platform's
+    # own principals (SYSTEM, server-side sync, non-interactive application users) are not.
+    interactive: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,14 @@ class Facts:
     initiator: UserFacts | None = None
     owner: UserFacts | None = None
     queue: QueueFacts | None = None
+    # Who wrote the row after the event, learnt from a conflicting write (a 412): when that
+    # person is an enabled, interactive, exempt user, their value stands even if it equals the
+    # user's. Only set after a conflict: server-side sync rewrites mailbox rows all the time, as
+    # SYSTEM, and that must never count as an administrator's decision.
+    last_writer: UserFacts | None = None
+    # Values the guardrail accepted for this mailbox (an exempt user's change, a revert): a row
+    # read for an incomplete message keeps them rather than treating them as drift.
+    accepted: Mapping[Column, Value] | None = None
     # Delivery-method columns -> int, and Column.SERVER_PROFILE -> the profile's id.
     organization_defaults: Mapping[Column, int | str] | None = None
 
@@ -102,6 +115,17 @@ class Violation:
             "enforced": self.enforced,
             "message": self.message,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Violation:
+        return cls(
+            rule=str(data["rule"]),
+            column=Column(data["column"]),
+            actual=from_json(data.get("actual")),
+            expected=from_json(data.get("expected")),
+            enforced=bool(data.get("enforced")),
+            message=str(data.get("message", "")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +152,10 @@ class Decision:
     # Set when a violation cannot be put right by the guardrail (no safe value is known): the
     # admins are told that the mailbox needs a person.
     attention: str | None = None
+    # The governed columns the caller changed (kept apart from the event so a stored plan has it).
+    changed: tuple[str, ...] = ()
+    # For an IGNORED decision: the user whose exemption let the change stand.
+    exempted_by: str | None = None
     event: MailboxEvent | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,7 +177,34 @@ class Decision:
             "unverified": [fact.value for fact in self.unverified],
             "notes": list(self.notes),
             "attention": self.attention,
+            "changed": list(self.changed),
+            "exempted_by": self.exempted_by,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
+        """The plan back from its stored form (the ledger keeps `to_dict()`); no event."""
+        return cls(
+            outcome=Outcome(data["outcome"]),
+            reason=str(data.get("reason", "")),
+            mailbox_id=data.get("mailbox_id"),
+            message_name=data.get("message_name"),
+            entity=data.get("entity"),
+            organization_id=data.get("organization_id"),
+            correlation_id=data.get("correlation_id"),
+            initiating_user_id=data.get("initiating_user_id"),
+            owner_user_id=data.get("owner_user_id"),
+            violations=tuple(Violation.from_dict(v) for v in data.get("violations", ())),
+            patch=patch_from_body(data.get("patch") or {}),
+            restore_approval=bool(data.get("restore_approval")),
+            notify_owner=bool(data.get("notify_owner")),
+            notify_also=tuple(data.get("notify_also", ())),
+            unverified=tuple(Fact(f) for f in data.get("unverified", ())),
+            notes=tuple(data.get("notes", ())),
+            attention=data.get("attention"),
+            changed=tuple(data.get("changed", ())),
+            exempted_by=data.get("exempted_by"),
+        )
 
 
 def own_addresses(
@@ -223,6 +278,7 @@ class _Decider:
             unverified=tuple(self.unverified),
             notes=tuple(self.notes),
             attention=self.attention,
+            changed=tuple(sorted(c.value for c in self.event.changed)) if self.event else (),
             event=self.event,
             **kwargs,
         )
@@ -292,24 +348,45 @@ class _Decider:
         exemptions = self.policy.exemptions
         if event.mailbox_id in exemptions.mailboxes:
             return self.decision(Outcome.IGNORED, "The mailbox is exempt.")
-        if initiator is not None and initiator in exemptions.users:
-            return self.decision(Outcome.IGNORED, f"Changed by exempt user {initiator}.")
+        why = self.exempt(initiator, self.facts.initiator, need=Fact.INITIATOR)
+        if why is not None:
+            return self.decision(Outcome.IGNORED, why, exempted_by=initiator)
+        writer = self.facts.last_writer
+        if (
+            writer is not None
+            and writer.id != initiator
+            and writer.id != self.facts.guardrail_user_id
+            and writer.interactive
+        ):
+            why = self.exempt(writer.id, writer, need=None)
+            if why is not None:
+                return self.decision(
+                    Outcome.IGNORED,
+                    f"The row was written again after this change, and that write stands: {why}",
+                    exempted_by=writer.id,
+                )
+        return None
+
+    def exempt(
+        self, user_id: str | None, user: UserFacts | None, *, need: Fact | None
+    ) -> str | None:
+        """Why a change by this user is not governed, or None (asking for `need` if unknown)."""
+        exemptions = self.policy.exemptions
+        if user_id is not None and user_id in exemptions.users:
+            return f"Changed by exempt user {user_id}."
         needs_lookup = exemptions.security_roles or any("@" in u for u in exemptions.users)
-        if not needs_lookup:
+        if not needs_lookup or user_id is None:
             return None
-        user = self.facts.initiator
         if user is None:
-            self.need(Fact.INITIATOR)
+            if need is not None:
+                self.need(need)
             return None
         for address in (user.email, user.upn):
             if address is not None and address.lower() in exemptions.users:
-                return self.decision(Outcome.IGNORED, f"Changed by exempt user {address}.")
+                return f"Changed by exempt user {address}."
         for role in exemptions.security_roles:
             if role.lower() in user.role_ids or role.lower() in user.role_names:
-                return self.decision(
-                    Outcome.IGNORED,
-                    f"Changed by {user.email or user.id}, who holds exempt role '{role}'.",
-                )
+                return f"Changed by {user.email or user.id}, who holds exempt role '{role}'."
         return None
 
     def in_scope(self) -> str | None:
@@ -339,7 +416,18 @@ class _Decider:
                     "The message does not carry the row (over 192 KB, or no Target): "
                     "the row must be read from Dataverse."
                 )
-            return {column: current[column] for column in GOVERNED if column in current}
+            accepted = self.facts.accepted
+            kept = {
+                column: value
+                for column, value in current.items()
+                if accepted and column in accepted and accepted[column] == value
+            }
+            for column, value in kept.items():
+                self.notes.append(
+                    f"{column.value} is {describe(column, value)}, a value the guardrail accepted "
+                    "earlier (an exempt user's change): not drift."
+                )
+            return {c: current[c] for c in GOVERNED if c in current and c not in kept}
         if event.message == "Create":
             subjects: dict[Column, Value] = {}
             for column in GOVERNED:
@@ -384,6 +472,8 @@ class _Decider:
             violation = self.check(event, column, value)
             if violation is not None:
                 violations.append(violation)
+        if violations and event.incomplete and self.state and self.facts.accepted is None:
+            self.need(Fact.ACCEPTED)  # a value an exempt user set earlier is not drift
         if not violations:
             if not subjects and not event.incomplete:
                 reason = "No governed column changed."

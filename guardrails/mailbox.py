@@ -225,3 +225,17 @@ def webapi_body(patch: Mapping[Column, Value]) -> dict[str, object]:
         else:
             body[column.value] = value
     return body
+
+
+def patch_from_body(body: Mapping[str, object]) -> dict[Column, Value]:
+    """`webapi_body` read back (a stored plan): numbers and text as they are, binds as lookups."""
+    patch: dict[Column, Value] = {}
+    for key, value in body.items():
+        name, _, annotation = key.partition("@")
+        column = Column(name)
+        if annotation == "odata.bind" and isinstance(value, str):
+            entity_set, _, rest = value.strip("/").partition("(")
+            patch[column] = EntityReference(entity_set.removesuffix("s"), rest.rstrip(")"))
+        else:
+            patch[column] = value  # type: ignore[assignment]
+    return patch

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 from guardrails.engine import Decision
 
-DEFAULT_RETRY_DELAY = 30.0
-
 
 @dataclass(frozen=True, slots=True)
 class Done:
@@ -32,10 +30,14 @@ class NothingToDo:
 
 @dataclass(frozen=True, slots=True)
 class RetryLater:
-    """May succeed later (throttling, an outage); `delay` is the wait the service asked for."""
+    """May succeed later (throttling, an outage).
+
+    `delay` is the wait the service asked for (its Retry-After), or None when it asked for none
+    (an outage, a timeout): settlement then backs off on its own schedule.
+    """
 
     reason: str
-    delay: float = DEFAULT_RETRY_DELAY
+    delay: float | None = None
     decision: Decision | None = None
 
 

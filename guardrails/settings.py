@@ -7,14 +7,15 @@ first start with one readable list instead of a stack trace on its first message
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from guardrails.errors import ConfigurationError
 from guardrails.message import DEFAULT_MAX_BODY_BYTES
 from guardrails.policy.model import is_guid
+from guardrails.settlement import SettlementPolicy
 
 PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
 PUBLIC_GRAPH = "https://graph.microsoft.com"
@@ -67,6 +68,7 @@ class Settings:
     queue_name: str
     http_timeout: float = 30.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    settlement: SettlementPolicy = field(default_factory=SettlementPolicy)
 
     @property
     def graph_scope(self) -> str:
@@ -163,6 +165,17 @@ def load_settings(
     else:
         max_body_bytes = int(max_body_text)
 
+    defaults = SettlementPolicy()
+    threshold = _number(
+        get, "GUARDRAILS_LONG_WAIT_THRESHOLD", defaults.in_process_wait, 0, 240, problems
+    )
+    max_attempts = _number(
+        get, "GUARDRAILS_RETRY_MAX_ATTEMPTS", defaults.max_attempts, 1, 100, problems
+    )
+    max_hours = _number(
+        get, "GUARDRAILS_RETRY_MAX_HOURS", defaults.max_age / 3600, 0.1, 24 * 14, problems
+    )
+
     if problems:
         raise ConfigurationError(problems)
     return Settings(
@@ -180,4 +193,28 @@ def load_settings(
         queue_name=queue_name,
         http_timeout=timeout,
         max_body_bytes=max_body_bytes,
+        settlement=SettlementPolicy(
+            in_process_wait=threshold, max_attempts=int(max_attempts), max_age=max_hours * 3600
+        ),
     )
+
+
+def _number(
+    get: Callable[[str], str | None],
+    name: str,
+    default: float,
+    low: float,
+    high: float,
+    problems: list[str],
+) -> float:
+    text = get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also false for NaN
+        problems.append(f"{name} must be a number from {low:g} to {high:g}, found '{text[:40]}'")
+        return default
+    return value

@@ -293,3 +293,16 @@ def to_json(value: Value) -> Any:
     if isinstance(value, tuple):
         return [to_json(v) for v in value]
     return value
+
+
+def from_json(data: Any) -> Value:
+    """`to_json` read back, for the governed columns' values a stored plan holds."""
+    if isinstance(data, dict):
+        if isinstance(data.get("logical_name"), str) and isinstance(data.get("id"), str):
+            return EntityReference(data["logical_name"], data["id"])
+        return UnknownValue(str(data.get("__type", "object")), data)
+    if isinstance(data, list):
+        return tuple(from_json(item) for item in data)
+    if data is None or isinstance(data, str | int | float | bool):
+        return data
+    return UnknownValue(type(data).__name__, data)

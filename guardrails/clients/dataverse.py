@@ -170,6 +170,7 @@ class DataverseClient(ApiClient):
             default_headers=_HEADERS,
         )
         self._whoami: WhoAmI | None = None
+        self._whoami_lock = threading.Lock()
         self._users: TtlCache[str, UserFacts] = TtlCache(cache_ttl)
         self._roles: TtlCache[str, tuple[frozenset[str], frozenset[str]]] = TtlCache(cache_ttl)
         self._org: TtlCache[str, dict[Column, int | str]] = TtlCache(cache_ttl)
@@ -177,14 +178,15 @@ class DataverseClient(ApiClient):
 
     def whoami(self) -> WhoAmI:
         """The app's own systemuserid; it never changes while the process lives."""
-        if self._whoami is None:
-            data = self.request("GET", "WhoAmI").json()
-            self._whoami = WhoAmI(
-                user_id=str(data["UserId"]).lower(),
-                business_unit_id=str(data.get("BusinessUnitId", "")).lower(),
-                organization_id=str(data.get("OrganizationId", "")).lower(),
-            )
-        return self._whoami
+        with self._whoami_lock:  # one request per process, however many messages arrive at once
+            if self._whoami is None:
+                data = self.request("GET", "WhoAmI").json()
+                self._whoami = WhoAmI(
+                    user_id=str(data["UserId"]).lower(),
+                    business_unit_id=str(data.get("BusinessUnitId", "")).lower(),
+                    organization_id=str(data.get("OrganizationId", "")).lower(),
+                )
+            return self._whoami
 
     def get_mailbox(self, mailbox_id: str) -> MailboxState:
         response = self.request(
@@ -242,7 +244,7 @@ class DataverseClient(ApiClient):
         data = self.request(
             "GET",
             f"systemusers({user_id})",
-            params={"$select": "fullname,internalemailaddress,domainname,isdisabled"},
+            params={"$select": "fullname,internalemailaddress,domainname,isdisabled,accessmode"},
         ).json()
         email = data.get("internalemailaddress") or None
         upn = data.get("domainname") or None
@@ -252,6 +254,8 @@ class DataverseClient(ApiClient):
             name=data.get("fullname") or upn,
             upn=str(upn) if upn else None,
             disabled=bool(data.get("isdisabled")),
+            # 0 Read-Write, 1 Administrative: people. 3 Support, 4 Non-interactive: not.
+            interactive=data.get("accessmode", 0) in (0, 1) and not data.get("isdisabled"),
         )
 
     def _load_roles(self, user_id: str) -> tuple[frozenset[str], frozenset[str]]:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
+from guardrails.clients.tables import TableStore
 from guardrails.errors import GuardrailsError
 from guardrails.outcomes import Done, Result
 from guardrails.sandbox.environment import QueuedMessage, Sandbox, patched_environ
@@ -90,7 +91,7 @@ class _Story:
         try:
             result = self.worker.handle(
                 message.body, message_id=message.message_id, properties=message.properties
-            )
+            ).result
         except GuardrailsError as exc:
             self.failures.append(f"message {message.message_id} failed: {exc}")
             self.say(f"   !! {exc}")
@@ -140,7 +141,10 @@ def run_demo(out: TextIO) -> int:
         policy.write_text(POLICY.format(organization_id=sandbox.dataverse.organization_id))
         with patched_environ(sandbox.environment(policy)):
             audit: list[dict[str, Any]] = []
-            worker = build_worker(load_settings(), audit=audit.append)
+            # The demo keeps its state in memory; production uses Table Storage (the same code).
+            worker = build_worker(
+                load_settings(), store=TableStore.in_memory(), scheduler=None, audit=audit.append
+            )
             return _play(_Story(sandbox, worker, audit, out))
 
 

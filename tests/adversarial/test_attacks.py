@@ -8,7 +8,6 @@ own, and every violation ends reverted. Each test prints what it tried and what 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -17,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from guardrails.errors import PermanentFailure
 from guardrails.mailbox import GUARDRAIL_TAG
 from guardrails.sandbox.environment import QueuedMessage
 from guardrails.sandbox.messages import mailbox_message, to_body
+from guardrails.settlement import Record
 from tests.integration.conftest import Deployment, deploy, service_bus_message
 
 POLICY = """\
@@ -69,9 +68,8 @@ def approved_only_if_own(target: Deployment) -> None:
 
 
 def run_quietly(target: Deployment, message: QueuedMessage) -> None:
-    """Run a message; a permanent failure is an outcome here, not an error of the test."""
-    with contextlib.suppress(PermanentFailure):
-        target.run(message)
+    """Run a message, then check the approval invariant on the row."""
+    target.run(message)
     approved_only_if_own(target)
 
 
@@ -154,9 +152,8 @@ def test_forged_ids_reach_no_url(target: Deployment, key: str) -> None:
     message = forged(target, **{key: hostile})
     dataverse = target.sandbox.dataverse
     dataverse.clear_log()
-    with pytest.raises(PermanentFailure) as caught:
-        target.run(message)
-    assert "GUID" in str(caught.value)
+    handled = target.run(message)
+    assert isinstance(handled.action, Record) and "GUID" in handled.action.reason
     assert all("systemuserroles_association" not in r.target for r in dataverse.requests_log)
     assert all("$select=name&x" not in r.target for r in dataverse.requests_log)
     HELD.append(f"non-GUID {key}: rejected with a reason, no request carried it")
@@ -168,9 +165,8 @@ def test_a_forged_row_version_cannot_inject_a_header(target: Deployment) -> None
         if pair["key"] == "Target":
             pair["value"]["RowVersion"] = "1\r\nX-Injected: yes"
     message = QueuedMessage("forged", json.dumps(data).encode(), {}, None)  # type: ignore[arg-type]
-    with pytest.raises(PermanentFailure) as caught:
-        target.run(message)
-    assert "RowVersion" in str(caught.value)
+    handled = target.run(message)
+    assert isinstance(handled.action, Record) and "RowVersion" in handled.action.reason
     assert all("x-injected" not in r.headers for r in target.sandbox.dataverse.requests_log)
     HELD.append("CR/LF in RowVersion: rejected, no request carried it")
 
@@ -183,10 +179,11 @@ def test_a_hostile_body_ends_with_an_audit_record(
     from tests.integration.conftest import audit_records
 
     caplog.set_level(logging.INFO, logger="guardrails.audit")
-    for body in (b"{" * 100_000, b'{"Depth": NaN}', b"\x00" * 10, b"x" * 600_000):
-        with pytest.raises(PermanentFailure):
-            target.app.mailbox_guardrail(service_bus_message(body))
+    bodies = (b"{" * 100_000, b'{"Depth": NaN}', b"\x00" * 10, b"x" * 600_000)
+    for body in bodies:
+        assert isinstance(target.run(service_bus_message(body)).action, Record)
     records = audit_records(caplog)
     assert len(records) == 4
+    assert sorted(f.body for f in target.failures()) == sorted(bodies)  # kept for `dlq`
     assert all(record["outcome"] == "rejected" and record["reason"] for record in records)
     HELD.append("deep nesting, NaN, NUL bytes, 600 KB: each a rejection with an audit record")

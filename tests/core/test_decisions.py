@@ -16,6 +16,7 @@ from guardrails.values import EntityReference
 
 from .conftest import (
     ACCOUNT_DELETE,
+    BASELINE_RULES,
     COMPLIANT,
     EXAMPLE_MESSAGES_DIR,
     GUARDRAIL_USER,
@@ -945,3 +946,26 @@ def test_money_special_values_in_a_governed_column(baseline, amount: str) -> Non
     result = parse_message(to_body(built))
     decision = decide(result, baseline)  # must not raise
     assert decision.outcome in set(Outcome)
+
+
+# --- the plan survives being stored ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        FORWARD,
+        {"emailaddress": "ceo@contoso.com"},
+        {"emailserverprofile": OTHER_PROFILE, "actdeliverymethod": 0},
+    ],
+)
+def test_a_decision_round_trips_through_its_stored_form(changes: dict[str, Any]) -> None:
+    policy = make_policy(
+        BASELINE_RULES + f"  server_profile:\n    expected: {PROFILE}\n",
+        "notifications:\n  enabled: true\n  sender: g@contoso.com\n",
+    )
+    decision = decide_mailbox(policy, **trusted("ceo@contoso.com"), changes=changes, before=BEFORE)
+    assert decision.outcome is Outcome.VIOLATION
+    stored = json.loads(json.dumps(decision.to_dict()))
+    assert Decision.from_dict(stored) == decision
+    assert Decision.from_dict(stored).changed == tuple(sorted(changes))

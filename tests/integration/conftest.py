@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import sys
@@ -16,6 +17,9 @@ import pytest
 from azure.functions.servicebus import ServiceBusMessage
 
 from guardrails.sandbox.environment import Credential, QueuedMessage, Sandbox
+from guardrails.state.records import Failure
+from guardrails.worker import Handled, Worker
+from tests.azurite.plugin import Azurite
 
 POLICY = """\
 version: 1
@@ -40,6 +44,15 @@ notifications:
 """
 
 
+@pytest.fixture(autouse=True)
+def durable_state(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The function's state in Azurite, in tables of this test's own (as AzureWebJobsStorage)."""
+    prefix = azurite.unique_prefix()
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    monkeypatch.setenv("GUARDRAILS_TABLE_PREFIX", prefix)
+    return prefix
+
+
 def service_bus_message(
     body: bytes, properties: Mapping[str, Any] | None = None, message_id: str | None = None
 ) -> ServiceBusMessage:
@@ -60,11 +73,24 @@ class Deployment:
     user_id: str
     mailbox_id: str
     admin_id: str
+    waits: list[float]
 
-    def run(self, message: QueuedMessage | ServiceBusMessage) -> None:
+    def run(self, message: QueuedMessage | ServiceBusMessage) -> Handled:
+        """The function as the host calls it; returns what the worker did (for assertions)."""
         if isinstance(message, QueuedMessage):
             message = service_bus_message(message.body, message.properties, message.message_id)
-        self.app.mailbox_guardrail(message)
+        worker = self.app.worker
+        recorder = _Recorder(worker)
+        self.app.worker = recorder
+        try:
+            self.app.mailbox_guardrail(message)
+        finally:
+            self.app.worker = worker
+        return recorder.handled[0]
+
+    def failures(self) -> list[Failure]:
+        """What the guardrail recorded as never going to succeed (`guardrails dlq list`)."""
+        return list(self.app.worker.state.failures.entries())
 
     def user_change(self, changes: Mapping[str, Any], *, by: str | None = None) -> QueuedMessage:
         """A person's change in Dataverse, and the one message its service endpoint posts."""
@@ -78,6 +104,19 @@ class Deployment:
 
     def row(self) -> dict[str, Any]:
         return self.sandbox.dataverse.mailbox(self.mailbox_id)
+
+
+class _Recorder:
+    """Stands in for function_app.worker during one call, keeping what the worker returned."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.handled: list[Handled] = []
+
+    def handle(self, *args: Any, **kwargs: Any) -> Handled:
+        result = self.worker.handle(*args, **kwargs)
+        self.handled.append(result)
+        return result
 
 
 def load_function_app() -> ModuleType:
@@ -107,7 +146,11 @@ def deploy(
         admin_id, _ = sandbox.add_person(
             "Isaiah Langer", "isaiah@contoso.com", roles=("System Administrator",)
         )
-        yield Deployment(sandbox, load_function_app(), user_id, mailbox_id, admin_id)
+        app = load_function_app()
+        # In-process waits are recorded, not slept: the tests assert on them.
+        waits: list[float] = []
+        app.worker = dataclasses.replace(app.worker, sleep=waits.append)
+        yield Deployment(sandbox, app, user_id, mailbox_id, admin_id, waits)
 
 
 @pytest.fixture(params=["client_secret", "certificate", "managed_identity"])

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from guardrails.errors import ConfigurationError, PermanentFailure
+from guardrails.errors import ConfigurationError
 from guardrails.mailbox import GUARDRAIL_TAG
 from guardrails.sandbox.dataverse import PendingWrite
 from guardrails.sandbox.messages import mailbox_message, oversize, to_body
+from guardrails.settlement import Record
 from guardrails.worker import RetryableFailure
 from tests.integration.conftest import (
     Deployment,
@@ -103,17 +104,20 @@ def test_own_write_coming_back_causes_no_second_patch(
         assert len(deployment.sandbox.graph.sent) == 1
 
 
-def _run_while_admin_changes(deployment: Deployment, admin_changes: dict[str, int]) -> None:
-    """A user's forbidden change; the admin changes the row between the guardrail's read and
-    its write (the simulator runs the hook inside the guardrail's PATCH, before If-Match)."""
+def _run_while_someone_changes(
+    deployment: Deployment, changes: dict[str, int], *, by: str | None = None
+) -> None:
+    """A user's forbidden change; someone (the admin by default) changes the row between the
+    guardrail's read and its write (the simulator runs the hook inside the guardrail's PATCH,
+    before If-Match)."""
     dataverse = deployment.sandbox.dataverse
     message = deployment.user_change({"incomingemaildeliverymethod": 3})
 
-    def admin_steps_in(pending: PendingWrite) -> None:
+    def steps_in(pending: PendingWrite) -> None:
         remove()
-        dataverse.update_mailbox_as(deployment.admin_id, deployment.mailbox_id, admin_changes)
+        dataverse.update_mailbox_as(by or deployment.admin_id, deployment.mailbox_id, changes)
 
-    remove = dataverse.before_write(admin_steps_in)
+    remove = dataverse.before_write(steps_in)
     deployment.run(message)
 
 
@@ -121,7 +125,7 @@ def test_concurrent_admin_change_to_the_same_column_is_not_overwritten(
     secret_deployment: Deployment,
 ) -> None:
     deployment = secret_deployment
-    _run_while_admin_changes(deployment, {"incomingemaildeliverymethod": 0})
+    _run_while_someone_changes(deployment, {"incomingemaildeliverymethod": 0})
 
     (stale,) = deployment.patches()
     assert stale.status == 412
@@ -131,11 +135,27 @@ def test_concurrent_admin_change_to_the_same_column_is_not_overwritten(
     assert deployment.sandbox.graph.sent == []  # nothing was changed back, nobody to tell
 
 
+def test_exempt_admin_setting_the_users_own_value_is_not_reverted(
+    secret_deployment: Deployment,
+) -> None:
+    """The same-value race: the admin sets exactly what the user had. The row cannot tell the
+    two apart, so the later writer is taken as the author: an exempt admin's value stands, and
+    nobody is told of a revert that did not happen."""
+    deployment = secret_deployment
+    _run_while_someone_changes(deployment, {"incomingemaildeliverymethod": 3})
+
+    (stale,) = deployment.patches()
+    assert stale.status == 412
+    assert deployment.row()["incomingemaildeliverymethod"] == 3
+    assert deployment.sandbox.graph.sent == []
+
+
 def test_concurrent_change_to_another_column_keeps_it_and_reverts_only_the_violation(
     secret_deployment: Deployment,
 ) -> None:
     deployment = secret_deployment
-    _run_while_admin_changes(deployment, {"actdeliverymethod": 0})
+    colleague, _ = deployment.sandbox.add_person("Alex Wilber", "alex@contoso.com")
+    _run_while_someone_changes(deployment, {"actdeliverymethod": 0}, by=colleague)
 
     stale, fresh = deployment.patches()
     assert (stale.status, fresh.status) == (412, 200)
@@ -143,7 +163,7 @@ def test_concurrent_change_to_another_column_keeps_it_and_reverts_only_the_viola
     assert fresh.headers["if-match"] != stale.headers["if-match"]
     row = deployment.row()
     assert row["incomingemaildeliverymethod"] == 2
-    assert row["actdeliverymethod"] == 0  # the admin's change is untouched
+    assert row["actdeliverymethod"] == 0  # the other change is untouched (its own event decides)
 
 
 def test_oversize_message_reads_the_row_then_decides(secret_deployment: Deployment) -> None:
@@ -199,7 +219,7 @@ def test_expired_token_is_refreshed_once(secret_deployment: Deployment) -> None:
     # fresh token too, without a 401 of its own.
     assert deployment.sandbox.identity.token_requests == requested + 2
     graph_statuses = [r.status for r in deployment.sandbox.graph.requests_log]
-    assert graph_statuses == [202, 202]
+    assert graph_statuses == [201, 202, 201, 202]  # a draft, then its send, per notification
     assert deployment.row()["outgoingemaildeliverymethod"] == 2
 
 
@@ -239,21 +259,31 @@ def test_server_error_is_retried_with_back_off(secret_deployment: Deployment) ->
     assert [p.status for p in deployment.patches()] == [503, 200]
 
 
-def test_message_in_binary_xml_is_refused_with_the_fix(secret_deployment: Deployment) -> None:
+def test_message_in_binary_xml_is_recorded_with_the_fix_and_completed(
+    secret_deployment: Deployment,
+) -> None:
     body = b"@\x16RemoteExecutionContext\x08\x13http://schemas.microsoft.com/xrm/2011/Contracts\x01"
-    with pytest.raises(PermanentFailure, match=r"messageformat = 2"):
-        secret_deployment.run(service_bus_message(body))
+    handled = secret_deployment.run(service_bus_message(body))
+    # Completed, not raised: a message that can never succeed must not burn deliveries.
+    assert isinstance(handled.action, Record)
+    assert "messageformat = 2" in handled.action.reason
+    (failure,) = secret_deployment.failures()
+    assert failure.body == body and "messageformat = 2" in failure.reason
     assert secret_deployment.sandbox.dataverse.requests_log == []
 
 
-def test_message_from_another_organization_is_refused(secret_deployment: Deployment) -> None:
+def test_message_from_another_organization_is_recorded_not_retried(
+    secret_deployment: Deployment,
+) -> None:
     message = secret_deployment.user_change({"incomingemaildeliverymethod": 3})
     foreign = message.body.replace(
         secret_deployment.sandbox.dataverse.organization_id.encode(),
         b"00aa00aa-bb11-cc22-dd33-44ee44ee44ee",
     )
-    with pytest.raises(PermanentFailure, match="organization 00aa00aa"):
-        secret_deployment.run(service_bus_message(foreign))
+    handled = secret_deployment.run(service_bus_message(foreign))
+    assert isinstance(handled.action, Record)
+    (failure,) = secret_deployment.failures()
+    assert "organization 00aa00aa" in failure.reason and failure.body == foreign
     assert secret_deployment.patches() == []
 
 

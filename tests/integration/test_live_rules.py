@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from guardrails.errors import PermanentFailure
+from guardrails.outcomes import Done
 from guardrails.sandbox.dataverse import PendingWrite
+from guardrails.settlement import Record
 from guardrails.worker import RetryableFailure
 from tests.integration.conftest import Deployment, audit_records, deploy
 
@@ -101,19 +102,23 @@ def test_dry_run_decides_and_records_but_writes_and_sends_nothing(
         assert record["wrote"] is False
 
 
-def test_graph_outage_after_the_revert_is_recorded_not_retried(
+def test_graph_outage_after_the_revert_is_retried_and_the_owner_told_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="guardrails.audit")
     for deployment in deploy("client_secret", tmp_path, monkeypatch):
-        deployment.sandbox.graph.inject(500, times=10)
-        deployment.run(deployment.user_change({"incomingemaildeliverymethod": 3}))
+        deployment.sandbox.graph.inject(500, times=4)  # one whole round of HTTP retries fails
+        handled = deployment.run(deployment.user_change({"incomingemaildeliverymethod": 3}))
         assert deployment.row()["incomingemaildeliverymethod"] == 2
-        (record,) = audit_records(caplog)
-        assert record["wrote"] is True
-        assert record["notified"] == []
-        assert "notification failed" in record["errors"][0]
-        assert "HTTP 500" in record["errors"][0]
+        assert len(deployment.waits) == 1  # waited in process once, then Graph answered
+        assert isinstance(handled.result, Done)
+        assert len(deployment.patches()) == 1  # the revert was not repeated by the retry
+        (mail,) = deployment.sandbox.graph.sent
+        assert mail.to == ["adele@contoso.com"]
+        first, second = audit_records(caplog)
+        assert first["result"] == "RetryLater" and "HTTP 500" in first["result_reason"]
+        assert second["result"] == "Done" and second["wrote"] is True
+        assert second["notified"] == ["adele@contoso.com", "secops@contoso.com"]
 
 
 def test_permanent_dataverse_refusal_gives_up_with_the_service_message(
@@ -131,8 +136,10 @@ def test_permanent_dataverse_refusal_gives_up_with_the_service_message(
                 }
             },
         )
-        with pytest.raises(PermanentFailure, match="prvWriteMailbox"):
-            deployment.run(message)
+        handled = deployment.run(message)
+        assert isinstance(handled.action, Record)
+        (failure,) = deployment.failures()
+        assert "prvWriteMailbox" in failure.reason
 
 
 def test_token_refused_even_when_fresh_is_retried_later_with_the_fix(

@@ -1,0 +1,41 @@
+"""Durable state in Table Storage: what survives a crash, a redelivery and a second instance.
+
+Each module owns one table and one job: the message ledger and notification outbox
+(`ledger`), the notification throttle shared by all instances (`throttle`), the values the
+guardrail accepted per mailbox (`accepted`), and the audit trail and the record of messages that
+could not be processed (`records`). `State` bundles them over one `TableStore`, so production
+(Azure Table Storage), the tests (Azurite) and the demo (in memory) differ only in the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guardrails.clients.tables import TableStore
+from guardrails.state.accepted import AcceptedValues
+from guardrails.state.ledger import Ledger
+from guardrails.state.records import AuditTrail, FailureLog
+from guardrails.state.throttle import SharedThrottle
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    ledger: Ledger
+    throttle: SharedThrottle
+    accepted: AcceptedValues
+    audit: AuditTrail
+    failures: FailureLog
+
+    @classmethod
+    def over(cls, store: TableStore, *, limit: int, window: float) -> State:
+        """Every table of the app in `store`; `limit` per `window` seconds is the throttle."""
+        return cls(
+            ledger=Ledger(store.table("Ledger")),
+            throttle=SharedThrottle(store.table("Throttle"), limit=limit, window=window),
+            accepted=AcceptedValues(store.table("Accepted")),
+            audit=AuditTrail(store.table("Audit")),
+            failures=FailureLog(store.table("Failures")),
+        )
+
+
+__all__ = ["AcceptedValues", "AuditTrail", "FailureLog", "Ledger", "SharedThrottle", "State"]
