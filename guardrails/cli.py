@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from guardrails.engine import Decision, decide
+from guardrails.errors import ConfigurationError, ServiceError
 from guardrails.message import parse_message
 from guardrails.policy import PolicyError, load_policy
 from guardrails.policy.loader import schema_json
+
+if TYPE_CHECKING:  # the admin commands' clients load only when an admin command runs
+    from guardrails.admin.dlq import DeadLetters
+    from guardrails.clients.tables import TableStore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         print(f"{len(exc.issues)} problem(s); the policy was not used.", file=sys.stderr)
+        return 1
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (ServiceError, ValueError) as exc:
+        print(f"guardrails: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -63,7 +75,41 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the whole flow against a local sandbox")
     demo.set_defaults(handler=_demo)
+
+    _dlq_parser(commands)
+    audit = commands.add_parser(
+        "audit",
+        help="read the stored audit trail (AzureWebJobsStorage or GUARDRAILS_STORAGE)",
+    )
+    audit.add_argument("--since", help="ISO 8601, e.g. 2026-11-30T08:00:00Z (default: 7 days)")
+    audit.add_argument("--mailbox", help="a mailbox id")
+    audit.add_argument("--outcome", choices=("compliant", "violation", "ignored", "rejected"))
+    audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    audit.set_defaults(handler=_audit)
     return parser
+
+
+def _dlq_parser(commands: Any) -> None:
+    dlq = commands.add_parser(
+        "dlq",
+        help="messages that did not succeed: the guardrail's failure log and the queue's "
+        "dead-letter queue (SERVICEBUS or SERVICEBUS__fullyQualifiedNamespace, SERVICEBUS_QUEUE)",
+    )
+    sub = dlq.add_subparsers(title="dlq commands")
+    listing = sub.add_parser("list", help="every message that did not succeed")
+    listing.add_argument("--format", choices=("table", "json"), default="table")
+    listing.set_defaults(handler=_dlq_list)
+    show = sub.add_parser("show", help="one message, with its properties and body")
+    show.add_argument("message_id", metavar="MESSAGE_ID")
+    show.set_defaults(handler=_dlq_show)
+    resubmit = sub.add_parser("resubmit", help="send the original body back to the queue")
+    which = resubmit.add_mutually_exclusive_group(required=True)
+    which.add_argument("message_id", nargs="?", metavar="MESSAGE_ID")
+    which.add_argument("--all", action="store_true", help="every entry")
+    resubmit.set_defaults(handler=_dlq_resubmit)
+    purge = sub.add_parser("purge", help="remove every entry (asks first on a terminal)")
+    purge.add_argument("--yes", action="store_true", help="do not ask")
+    purge.set_defaults(handler=_dlq_purge)
 
 
 def _print(text: str) -> int:
@@ -127,6 +173,76 @@ def render_text(source: str, decision: Decision, out: TextIO) -> None:
     if decision.unverified:
         facts = ", ".join(f.value for f in decision.unverified)
         out.write(f"  not verifiable offline: {facts}\n")
+
+
+def _dead_letters() -> DeadLetters:
+    from guardrails.admin.dlq import DeadLetters
+    from guardrails.clients.servicebus import QueueClient, servicebus_settings
+    from guardrails.state.records import FailureLog
+
+    failures = FailureLog(_store().table("Failures"))
+    try:
+        queue: QueueClient | None = QueueClient(servicebus_settings(os.environ))
+    except ConfigurationError as exc:
+        print(
+            "note: the queue's dead-letter queue is not read (" + "; ".join(exc.problems) + ")",
+            file=sys.stderr,
+        )
+        queue = None
+    return DeadLetters(failures, queue)
+
+
+def _store() -> TableStore:
+    from guardrails.clients.tables import storage_settings, table_store
+
+    return table_store(storage_settings(os.environ))
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    from guardrails.admin.dlq import render_entries
+
+    render_entries(_dead_letters().entries(), args.format, print)
+    return 0
+
+
+def _dlq_show(args: argparse.Namespace) -> int:
+    found = _dead_letters().find(args.message_id)
+    if not found:
+        print(f"no entry with message id or key {args.message_id}", file=sys.stderr)
+        return 1
+    print(json.dumps([entry.to_dict(with_body=True) for entry in found], indent=2))
+    return 0
+
+
+def _dlq_resubmit(args: argparse.Namespace) -> int:
+    sent = _dead_letters().resubmit(None if args.all else args.message_id)
+    for entry in sent:
+        print(f"resubmitted {entry.message_id or entry.key} ({entry.source})")
+    if not sent:
+        print("nothing to resubmit", file=sys.stderr)
+        return 0 if args.all else 1
+    return 0
+
+
+def _dlq_purge(args: argparse.Namespace) -> int:
+    if not args.yes and sys.stdin.isatty():
+        answer = input("Remove every failed and dead-lettered message for good? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 1
+    print(f"removed {_dead_letters().purge()} message(s)")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from guardrails.admin.audit_query import parse_since, render_records
+    from guardrails.state.records import AuditTrail
+
+    since = parse_since(args.since) if args.since else None
+    trail = AuditTrail(_store().table("Audit"))
+    records = trail.query(since=since, mailbox_id=args.mailbox, outcome=args.outcome)
+    render_records(records, args.format, print)
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

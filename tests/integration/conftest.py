@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import uuid
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,7 @@ from guardrails.sandbox.environment import Credential, QueuedMessage, Sandbox
 from guardrails.state.records import Failure
 from guardrails.worker import Handled, Worker
 from tests.azurite.plugin import Azurite
+from tests.broker import TestBroker
 
 POLICY = """\
 version: 1
@@ -45,11 +47,13 @@ notifications:
 
 
 @pytest.fixture(autouse=True)
-def durable_state(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The function's state in Azurite, in tables of this test's own (as AzureWebJobsStorage)."""
+def durable_state(azurite: Azurite, broker: TestBroker, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The function's state in Azurite, in tables of this test's own (as AzureWebJobsStorage),
+    and its Service Bus connection (for scheduled retries) on the AMQP test broker."""
     prefix = azurite.unique_prefix()
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
     monkeypatch.setenv("GUARDRAILS_TABLE_PREFIX", prefix)
+    monkeypatch.setenv("SERVICEBUS", broker.connection_string)
     return prefix
 
 
@@ -141,6 +145,8 @@ def deploy(
             policy_text.format(organization_id=sandbox.dataverse.organization_id, mode=mode)
         )
         for key, value in sandbox.environment(policy).items():
+            if key == "SERVICEBUS" and os.environ.get(key):
+                continue  # the test broker's, set by `durable_state`
             monkeypatch.setenv(key, value)
         user_id, mailbox_id = sandbox.add_person("Adele Vance", "adele@contoso.com")
         admin_id, _ = sandbox.add_person(

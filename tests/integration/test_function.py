@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,8 @@ from guardrails.errors import ConfigurationError
 from guardrails.mailbox import GUARDRAIL_TAG
 from guardrails.sandbox.dataverse import PendingWrite
 from guardrails.sandbox.messages import mailbox_message, oversize, to_body
-from guardrails.settlement import Record
-from guardrails.worker import RetryableFailure
+from guardrails.settlement import Record, Schedule
+from tests.broker import TestBroker
 from tests.integration.conftest import (
     Deployment,
     audit_records,
@@ -234,19 +236,26 @@ def test_throttling_is_waited_out_when_short(secret_deployment: Deployment) -> N
     assert statuses == [429, 200]
 
 
-def test_long_throttling_raises_for_redelivery_with_the_services_delay(
-    secret_deployment: Deployment,
+def test_long_throttling_schedules_a_byte_identical_copy_when_the_service_asked(
+    secret_deployment: Deployment, broker: TestBroker
 ) -> None:
     deployment = secret_deployment
     message = deployment.user_change({"incomingemaildeliverymethod": 3})
     deployment.sandbox.dataverse.inject(429, retry_after=120, method="PATCH")
 
-    with pytest.raises(RetryableFailure) as caught:
-        deployment.run(message)
+    before = datetime.now(UTC)
+    handled = deployment.run(message)
 
-    assert caught.value.delay == 120
-    assert "429" in str(caught.value)
-    assert deployment.row()["incomingemaildeliverymethod"] == 3
+    assert isinstance(handled.action, Schedule)  # completed: no delivery burnt waiting
+    assert deployment.waits == []  # 120 s is not waited out inside the function
+    (copy,) = broker.scheduled(os.environ["SERVICEBUS_QUEUE"])
+    assert copy.body == message.body
+    assert copy.message_id == message.message_id
+    assert copy.application_properties["attempt"] == 2
+    due = copy.scheduled_enqueue_time
+    assert due is not None
+    assert before + timedelta(seconds=120) <= due <= datetime.now(UTC) + timedelta(seconds=181)
+    assert deployment.row()["incomingemaildeliverymethod"] == 3  # not yet: the copy will do it
 
 
 def test_server_error_is_retried_with_back_off(secret_deployment: Deployment) -> None:

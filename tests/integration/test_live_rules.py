@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,9 +11,9 @@ import pytest
 
 from guardrails.outcomes import Done
 from guardrails.sandbox.dataverse import PendingWrite
-from guardrails.settlement import Record
-from guardrails.worker import RetryableFailure
-from tests.integration.conftest import Deployment, audit_records, deploy
+from guardrails.settlement import Record, Schedule
+from tests.broker import TestBroker
+from tests.integration.conftest import Deployment, audit_records, deploy, service_bus_message
 
 LIVE_POLICY = """\
 version: 1
@@ -143,15 +144,26 @@ def test_permanent_dataverse_refusal_gives_up_with_the_service_message(
 
 
 def test_token_refused_even_when_fresh_is_retried_later_with_the_fix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker: TestBroker
 ) -> None:
     for deployment in deploy("client_secret", tmp_path, monkeypatch):
         message = deployment.user_change({"incomingemaildeliverymethod": 3})
-        deployment.sandbox.dataverse.token_validator = lambda token: None  # e.g. consent revoked
-        with pytest.raises(RetryableFailure, match="refused a freshly issued token"):
-            deployment.run(message)
-        statuses = [r.status for r in deployment.sandbox.dataverse.requests_log]
+        dataverse = deployment.sandbox.dataverse
+        validator = dataverse.token_validator
+        dataverse.token_validator = lambda token: None  # e.g. consent revoked
+        handled = deployment.run(message)
+        statuses = [r.status for r in dataverse.requests_log]
         assert statuses == [401, 401]  # exactly one refresh, then it stops
+        # Configuration needs a person: no waiting in process, a copy in five minutes or more.
+        assert isinstance(handled.action, Schedule) and handled.action.delay >= 300
+        assert deployment.waits == []
+        (copy,) = broker.scheduled(os.environ["SERVICEBUS_QUEUE"])
+        dataverse.token_validator = validator  # the admin fixes it
+        again = deployment.run(
+            service_bus_message(copy.body, copy.application_properties, copy.message_id)
+        )
+        assert isinstance(again.result, Done)
+        assert deployment.row()["incomingemaildeliverymethod"] == 2
 
 
 def test_refused_approval_restore_is_recorded_and_the_revert_stands(
