@@ -49,6 +49,8 @@ def audit_record(
             record["attention"] = decision.attention
     wrote = getattr(result, "wrote", False)
     record["wrote"] = wrote
+    if getattr(result, "replayed", False):
+        record["replayed"] = True
     record["notified"] = list(getattr(result, "notified", ()))
     errors = list(getattr(result, "errors", ()))
     if errors:

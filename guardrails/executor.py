@@ -204,10 +204,18 @@ class Executor:
             return None
         plan = Decision.from_dict(progress.plan) if progress.plan else None
         if progress.step is Step.DONE:
-            return NothingToDo(
-                plan,
+            reason = (
                 "Already handled (a redelivery, a scheduled retry or a duplicate post of the "
-                "same event); nothing was done again.",
+                "same event); nothing was done again."
+            )
+            if plan is None or plan.outcome is not Outcome.VIOLATION:
+                return NothingToDo(plan, reason)
+            return Done(
+                replace(plan, notes=(*plan.notes, reason)),
+                wrote=progress.wrote,
+                notified=progress.notified,
+                errors=progress.errors,
+                replayed=True,
             )
         wait = ledger.lease_left(progress, holder=attempt.holder)
         if wait > 0:

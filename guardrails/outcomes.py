@@ -20,6 +20,9 @@ class Done:
     wrote: bool = False
     notified: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
+    # True when this delivery found the work already finished (a redelivery, a retry copy, a
+    # duplicate post): the record repeats what was done, and nothing was done again.
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

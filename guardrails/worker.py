@@ -235,6 +235,7 @@ def build_worker(
     dry_run: bool = False,
     settlement: SettlementPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
 ) -> Worker:
     """Everything the worker needs, wired once per process; clients are immutable after this."""
     policy = load_policy(settings.policy_path)
@@ -248,6 +249,7 @@ def build_worker(
         session=session,
         timeout=settings.http_timeout,
         retry=retry,
+        sleep=sleep,
     )
     graph = GraphClient(
         settings.graph_url,
@@ -256,9 +258,12 @@ def build_worker(
         session=session,
         timeout=settings.http_timeout,
         retry=retry,
+        sleep=sleep,
     )
     limits = policy.notifications.throttle
-    state = State.over(store, limit=limits.max_per_mailbox, window=limits.window_seconds)
+    state = State.over(
+        store, limit=limits.max_per_mailbox, window=limits.window_seconds, clock=clock
+    )
     executor = Executor(
         policy=policy,
         dataverse=dataverse,
@@ -274,6 +279,7 @@ def build_worker(
         scheduler,
         settlement or settings.settlement,
         sleep=sleep,
+        now=lambda: datetime.fromtimestamp(clock(), UTC),
     )
 
 

@@ -9,6 +9,8 @@ could not be processed (`records`). `State` bundles them over one `TableStore`, 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from guardrails.clients.tables import TableStore
@@ -27,11 +29,22 @@ class State:
     failures: FailureLog
 
     @classmethod
-    def over(cls, store: TableStore, *, limit: int, window: float) -> State:
-        """Every table of the app in `store`; `limit` per `window` seconds is the throttle."""
+    def over(
+        cls,
+        store: TableStore,
+        *,
+        limit: int,
+        window: float,
+        clock: Callable[[], float] = time.time,
+    ) -> State:
+        """Every table of the app in `store`; `limit` per `window` seconds is the throttle.
+
+        `clock` (epoch seconds) times leases and the throttle's window."""
         return cls(
-            ledger=Ledger(store.table("Ledger")),
-            throttle=SharedThrottle(store.table("Throttle"), limit=limit, window=window),
+            ledger=Ledger(store.table("Ledger"), clock=clock),
+            throttle=SharedThrottle(
+                store.table("Throttle"), limit=limit, window=window, clock=clock
+            ),
             accepted=AcceptedValues(store.table("Accepted")),
             audit=AuditTrail(store.table("Audit")),
             failures=FailureLog(store.table("Failures")),
