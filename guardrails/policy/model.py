@@ -7,7 +7,6 @@ so they are written for the admin, not for the developer.
 from __future__ import annotations
 
 import re
-import string
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -20,26 +19,60 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from guardrails.mailbox import DELIVERY_METHODS, Column
 
 ORGANIZATION_DEFAULT = "organization_default"
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_DURATION = re.compile(r"^(\d+)\s*([smhd])$")
+_DURATION = re.compile(r"^([0-9]{1,9})\s*([smhd])$")
 
-TEMPLATE_FIELDS = frozenset(
-    {
-        "mailbox_name",
-        "mailbox_id",
-        "owner_name",
-        "owner_email",
-        "initiator",
-        "organization_name",
-        "action",
-        "violations",
-        "correlation_id",
-    }
+# Every number has a range, every text a size: a policy is input, and the function trusts it.
+MAX_PER_MAILBOX = 1000
+MAX_WINDOW_SECONDS = 30 * 86400
+MAX_SUBJECT_LENGTH = 255
+MAX_TEMPLATE_LENGTH = 32_768
+
+# The placeholders a notification can use, as the admin reads them (schema and README).
+PLACEHOLDERS: dict[str, str] = {
+    "owner_name": "the mailbox owner's name from the directory (empty if unknown)",
+    "owner_email": "the owner's primary email from the directory, where the mail goes",
+    "mailbox_name": "the mailbox's name; 'your mailbox' (or 'the mailbox' when the owner is not "
+    "told) if unknown, never the id",
+    "mailbox_email": "the email address on the mailbox row (after a revert, the restored one; "
+    "empty if unknown)",
+    "mailbox_id": "the mailbox row's id",
+    "initiator": "the name (or email) of whoever made the change (empty if unknown)",
+    "organization_name": "organization.name from this policy, or 'your organization'",
+    "action": "one sentence: the change was put back, or only found (audit mode)",
+    "violations": "an HTML list of each forbidden change and what happened to it (template only, "
+    "and only as text: not in an attribute, not with filters)",
+    "correlation_id": "the Dataverse correlation id, for support",
+}
+TEMPLATE_FIELDS = frozenset(PLACEHOLDERS)
+SUBJECT_FIELDS = TEMPLATE_FIELDS - {"violations"}
+# Filters that only reshape text: none marks anything safe or builds markup.
+TEMPLATE_FILTERS = (
+    "upper",
+    "lower",
+    "title",
+    "capitalize",
+    "trim",
+    "truncate",
+    "default",
+    "escape",
+)
+# Attributes whose value is text for people: the only ones a value may stand in (quoted).
+TEXT_ATTRIBUTES = (
+    "title",
+    "alt",
+    "aria-label",
+    "aria-description",
+    "abbr",
+    "label",
+    "placeholder",
+    "summary",
 )
 
 
@@ -62,27 +95,37 @@ def is_guid(text: str) -> bool:
     return bool(_GUID.match(text))
 
 
+def quoted(value: object, limit: int = 60) -> str:
+    """A value for a message: quoted, shortened, with control characters spelled out."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return "'" + "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text) + "'"
+
+
 def _guid(value: str) -> str:
     if not is_guid(value):
-        raise ValueError(f"'{value}' is not a GUID such as 00aa00aa-bb11-cc22-dd33-44ee44ee44ee")
+        raise ValueError(
+            f"{quoted(value)} is not a GUID such as 00aa00aa-bb11-cc22-dd33-44ee44ee44ee"
+        )
     return value.lower()
 
 
 def _email(value: str) -> str:
     if not _EMAIL.match(value):
-        raise ValueError(f"'{value}' is not an email address")
+        raise ValueError(f"{quoted(value)} is not an email address")
     return value
 
 
 def _user(value: str) -> str:
     if not is_guid(value) and not _EMAIL.match(value):
-        raise ValueError(f"'{value}' is neither a systemuserid nor an email address")
+        raise ValueError(f"{quoted(value)} is neither a systemuserid nor an email address")
     return value.lower()
 
 
 def _domain(value: str) -> str:
     if "@" in value or "." not in value or " " in value:
-        raise ValueError(f"'{value}' is not a domain such as contoso.com")
+        raise ValueError(f"{quoted(value)} is not a domain such as contoso.com")
     return value.lower().lstrip(".")
 
 
@@ -118,7 +161,7 @@ def _delivery(column: Column, value: DeliveryValue | None) -> int | str | None:
     if value not in names:
         allowed = ", ".join(names) + f", {ORGANIZATION_DEFAULT}"
         raise ValueError(
-            f"'{value}' is not a delivery method for this column; use one of {allowed}"
+            f"{quoted(value)} is not a delivery method for this column; use one of {allowed}"
         )
     return names[value]
 
@@ -209,7 +252,7 @@ class ServerProfileRule(_Strict):
     @classmethod
     def _expected(cls, value: str) -> str:
         if value != ORGANIZATION_DEFAULT and not is_guid(value):
-            raise ValueError(f"'{value}' is neither {ORGANIZATION_DEFAULT} nor a GUID")
+            raise ValueError(f"{quoted(value)} is neither {ORGANIZATION_DEFAULT} nor a GUID")
         return value.lower()
 
 
@@ -243,19 +286,30 @@ def parse_duration(value: str | int) -> int:
         return value
     match = _DURATION.match(value.strip())
     if match is None:
-        raise ValueError(f"'{value}' is not a duration such as 30m, 1h or 1d")
+        raise ValueError(f"{quoted(value)} is not a duration such as 30m, 1h or 1d")
     return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 class Throttle(_Strict):
-    max_per_mailbox: StrictInt = Field(3, ge=1, description="Notifications per mailbox per window.")
-    window: Annotated[str | StrictInt, Field(description="e.g. 1h, 30m, 1d, or seconds.")] = "1h"
+    max_per_mailbox: StrictInt = Field(
+        3,
+        ge=1,
+        le=MAX_PER_MAILBOX,
+        description=f"Notifications per mailbox per window, 1 to {MAX_PER_MAILBOX}.",
+    )
+    window: Annotated[
+        str | StrictInt,
+        Field(description="e.g. 1h, 30m, 1d, or seconds; from 1 second to 30 days."),
+    ] = "1h"
 
     @field_validator("window")
     @classmethod
     def _window(cls, value: str | int) -> str | int:
-        if parse_duration(value) <= 0:
-            raise ValueError("the window must be longer than zero")
+        # Compared, never printed: an int can have more digits than str() will write.
+        if not 1 <= parse_duration(value) <= MAX_WINDOW_SECONDS:
+            raise ValueError(
+                f"the window must be between 1 second and 30 days ({MAX_WINDOW_SECONDS} seconds)"
+            )
         return value
 
     @property
@@ -274,19 +328,41 @@ class Notifications(_Strict):
     extra_recipients: tuple[EmailAddress, ...] = Field(
         (), description="Copied on every notification; in audit mode, the only recipients."
     )
-    subject: str = "Your Dynamics 365 mailbox settings were changed back"
+    subject: str = Field(
+        "Your Dynamics 365 mailbox settings were changed back",
+        max_length=MAX_SUBJECT_LENGTH,
+        description=f"Plain text, at most {MAX_SUBJECT_LENGTH} characters, with the same "
+        "{{ placeholders }} as the template except {{ violations }}; line breaks in values "
+        "become spaces.",
+    )
     template: str | None = Field(
         None,
-        description="HTML body with $placeholders: " + ", ".join(sorted(TEMPLATE_FIELDS)) + ". "
-        "Every value is HTML-escaped. Leave out for the built-in template.",
+        max_length=MAX_TEMPLATE_LENGTH,
+        description=f"The HTML body, at most {MAX_TEMPLATE_LENGTH} characters; leave out for "
+        "the built-in template. Write values as {{ placeholder }}, optionally with the filters "
+        + ", ".join(TEMPLATE_FILTERS)
+        + ". Every value is HTML-escaped, and may stand in text or in the quoted value of one of "
+        "the attributes "
+        + ", ".join(TEXT_ATTRIBUTES)
+        + "; never in a URL, event-handler or style attribute, a <script> or <style> element, a "
+        "comment or a tag. No {% statements %}, no |safe; no <svg>, <math> or <noscript>. "
+        "Placeholders: "
+        + "; ".join(f"{{{{ {name} }}}}: {meaning}" for name, meaning in PLACEHOLDERS.items())
+        + ".",
     )
     throttle: Throttle = Throttle()
 
-    @field_validator("subject", "template")
+    @field_validator("template")
     @classmethod
-    def _placeholders(cls, value: str | None) -> str | None:
+    def _template(cls, value: str | None) -> str | None:
         if value is not None:
-            check_template(value)
+            _check_template(value, subject=False)
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        _check_template(value, subject=True)
         return value
 
     @model_validator(mode="after")
@@ -296,18 +372,23 @@ class Notifications(_Strict):
         return self
 
 
-def check_template(text: str) -> None:
-    template = string.Template(text)
-    if not template.is_valid():
-        raise ValueError("the template has a '$' that starts no placeholder; write '$$' for '$'")
-    unknown = set(template.get_identifiers()) - TEMPLATE_FIELDS
-    if unknown:
-        raise ValueError(
-            "unknown placeholder(s) "
-            + ", ".join(f"${name}" for name in sorted(unknown))
-            + "; available: "
-            + ", ".join(f"${name}" for name in sorted(TEMPLATE_FIELDS))
-        )
+def _check_template(text: str, *, subject: bool) -> None:
+    """Checks (and compiles, once per text) a template; a problem says where in the template."""
+    # guardrails.render imports this module for the placeholders, so it is imported here.
+    from guardrails.render import TemplateProblem, compile_template
+
+    try:
+        compile_template(text, subject=subject)
+    except TemplateProblem as problem:
+        raise PydanticCustomError(
+            "template",
+            "{problem}",
+            {
+                "problem": str(problem),
+                "template_line": problem.line,
+                "template_column": problem.column,
+            },
+        ) from None
 
 
 class Policy(_Strict):

@@ -43,7 +43,7 @@ exemptions:
 notifications:
   enabled: true
   sender: nobody
-  template: "<p>Hello $owner_nam</p>"
+  template: "<p>Hello {{ owner_nam }}</p>"
   throttle:
     window: 5 minutes
   throttle_extra: 1
@@ -59,7 +59,7 @@ MANY_MISTAKES_ISSUES = [
     (15, 7, ["exemptions.mailboxes[1]", "'not-a-guid' is not a GUID"]),
     (16, 11, ["exemptions.users[0]", "'not-an-email'"]),
     (19, 11, ["notifications.sender", "'nobody' is not an email address"]),
-    (20, 13, ["notifications.template", "$owner_nam", "$owner_name"]),
+    (20, 13, ["notifications.template", "{{ owner_nam }}", "{{ owner_name }}"]),
     (22, 13, ["notifications.throttle.window", "'5 minutes' is not a duration"]),
     (23, 3, ["unknown key 'throttle_extra'", "did you mean 'throttle'?"]),
     (24, 1, ["'mode' is set twice"]),
@@ -210,8 +210,8 @@ def test_issue_string_form() -> None:
         (MINIMAL + "  email_address:\n    changes: sometimes\n", 6, 14, "'forbidden'"),
         (MINIMAL + "  server_profile:\n    expected: abc\n", 6, 15, "neither organization_default"),
         (MINIMAL + "  email_address: {}\nnotifications:\n  enabled: true\n", 7, 3, "no sender"),
-        (MINIMAL + "  email_address: {}\nnotifications: {enabled: false, subject: 'US$5'}\n",
-         6, 42, "'$$'"),
+        (MINIMAL + "  email_address: {}\nnotifications: {enabled: false, subject: '$5 {{ p }}'}\n",
+         6, 42, "unknown placeholder {{ p }}"),
         (MINIMAL + "  {}\n", 5, 3, "no rules"),
         (MINIMAL + "  delivery_methods:\n    incoming: server_side_sync\n", 6, 5,
          "did you mean 'incoming_email'?"),
@@ -234,6 +234,130 @@ def test_a_boolean_is_not_a_delivery_method(value: str) -> None:
     issues = _issues(MINIMAL + f"  delivery_methods:\n    incoming_email: {value}\n")
     assert [(i.line, i.column) for i in issues] == [(6, 21)]
     assert "true/false" in issues[0].message
+
+
+# --- limits: every number has a range, the file and the templates have a size -------------------
+
+THROTTLE = MINIMAL + "  email_address: {}\nnotifications:\n  enabled: false\n  throttle:\n"
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ("max_per_mailbox: 1001", "less than or equal to 1000"),
+        ("max_per_mailbox: 0", "greater than or equal to 1"),
+        ("window: 31d", "between 1 second and 30 days"),
+        ("window: 2592001", "between 1 second and 30 days"),
+        ("window: 0", "between 1 second and 30 days"),
+        ("window: -5", "between 1 second and 30 days"),
+        ("window: 1" + "0" * 400, "numbers in a policy have at most 20 digits"),
+        ("window: 1:30", "'1:30' is not a duration"),
+        ("window: ٣٠m", "is not a duration"),
+        ("window: .inf", "'.inf' is a decimal number"),
+    ],
+)
+def test_every_throttle_number_has_a_range(setting: str, fragment: str) -> None:
+    issues = _issues(THROTTLE + f"    {setting}\n")
+    assert [(i.line, i.column) for i in issues] == [(9, 5 + setting.index(":") + 2)]
+    assert fragment in issues[0].message
+
+
+@pytest.mark.parametrize(
+    ("setting", "seconds"),
+    [("window: 30d", 2_592_000), ("window: 2592000", 2_592_000), ("window: 1s", 1)],
+)
+def test_the_window_limits_are_inclusive(setting: str, seconds: int) -> None:
+    policy = parse_policy(THROTTLE + f"    {setting}\n    max_per_mailbox: 1000\n")
+    throttle = policy.notifications.throttle
+    assert throttle.window_seconds == seconds and throttle.max_per_mailbox == 1000
+
+
+def test_a_window_too_long_for_the_clock_is_refused_by_the_model_itself() -> None:
+    # 10^400 s used to pass and raise OverflowError in the executor's monotonic-clock window.
+    from pydantic import ValidationError
+
+    from guardrails.policy.model import Throttle
+
+    with pytest.raises(ValidationError, match="between 1 second and 30 days"):
+        Throttle(window=10**400)
+    with pytest.raises(ValidationError, match="between 1 second and 30 days"):
+        Throttle(window=10**5000)  # more digits than int() will print
+
+
+def test_the_largest_window_works_with_the_notification_throttle() -> None:
+    from guardrails.notify import NotificationThrottle
+
+    limits = parse_policy(THROTTLE + "    window: 30d\n").notifications.throttle
+    throttle = NotificationThrottle(
+        limits.max_per_mailbox, limits.window_seconds, clock=lambda: 0.0
+    )
+    assert throttle.allow("mailbox")
+
+
+def test_the_policy_file_has_a_size_limit(tmp_path: Path) -> None:
+    example = EXAMPLE_POLICY.read_bytes()
+    limit = 256 * 1024
+    at_limit = tmp_path / "at-limit.yaml"
+    at_limit.write_bytes(example + b"#" * (limit - len(example) - 1) + b"\n")
+    assert load_policy(at_limit) == load_policy(EXAMPLE_POLICY)
+    over = tmp_path / "over.yaml"
+    over.write_bytes(example + b"#" * (limit - len(example)) + b"\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(over)
+    assert [(i.line, i.column) for i in caught.value.issues] == [(1, 1)]
+    assert "at most 256 KiB" in caught.value.issues[0].message
+    with pytest.raises(PolicyError, match="at most 256 KiB"):
+        parse_policy(over.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("!!str 123", "123"), ("2024-01-01", "2024-01-01"), ("'1:30'", "1:30"), ("1:30", "1:30")],
+)
+def test_text_stays_text(value: str, expected: str) -> None:
+    # No dates or base-60 numbers: YAML 1.1 would turn these role names into other types.
+    policy = parse_policy(
+        MINIMAL + f"  email_address: {{}}\nexemptions:\n  security_roles: [{value}]\n"
+    )
+    assert policy.exemptions.security_roles == (expected,)
+
+
+@pytest.mark.parametrize(
+    ("notifications", "column", "fragment"),
+    [
+        ("{enabled: false, subject: '" + "s" * 256 + "'}", 42, "at most 255 characters"),
+        ("{enabled: false, template: '" + "t" * 32_769 + "'}", 43, "at most 32768 characters"),
+    ],
+)
+def test_subject_and_template_have_a_size_limit(
+    notifications: str, column: int, fragment: str
+) -> None:
+    issues = _issues(MINIMAL + f"  email_address: {{}}\nnotifications: {notifications}\n")
+    assert [(i.line, i.column) for i in issues] == [(6, column)]
+    assert fragment in issues[0].message
+
+
+def test_limits_are_in_the_schema() -> None:
+    defs = policy_schema()["$defs"]
+    throttle = defs["Throttle"]["properties"]
+    assert throttle["max_per_mailbox"]["minimum"] == 1
+    assert throttle["max_per_mailbox"]["maximum"] == 1000
+    assert "30 days" in throttle["window"]["description"]
+    notifications = defs["Notifications"]["properties"]
+    assert notifications["subject"]["maxLength"] == 255
+    assert notifications["template"]["anyOf"][0]["maxLength"] == 32_768
+
+
+def test_the_schema_documents_every_placeholder() -> None:
+    from guardrails.policy.model import TEMPLATE_FIELDS
+
+    notifications = policy_schema()["$defs"]["Notifications"]["properties"]
+    template = notifications["template"]["description"]
+    subject = notifications["subject"]["description"]
+    for name in TEMPLATE_FIELDS:
+        assert f"{{{{ {name} }}}}" in template, name
+    assert "{{ mailbox_email }}" in template and "your mailbox" in template
+    assert "{{" in subject
 
 
 # --- YAML problems, empty and non-mapping files --------------------------------------------------

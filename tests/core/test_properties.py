@@ -71,8 +71,8 @@ notifications:
   sender: guardrails@contoso.com
   notify_owner: true
   extra_recipients: [secops@contoso.com]
-  subject: "Mailbox $mailbox_name changed back"
-  template: "<p>$owner_name</p>$violations $$5"
+  subject: "Mailbox {{{{ mailbox_name }}}} changed back"
+  template: "<p>{{{{ owner_name }}}}</p>{{{{ violations }}}} $5"
   throttle: {{max_per_mailbox: 2, window: 30m}}
 """
 

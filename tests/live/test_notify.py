@@ -31,8 +31,8 @@ def decision(*, notify_owner: bool = True, also: tuple[str, ...] = ()) -> Decisi
 def test_every_value_in_the_template_is_escaped() -> None:
     settings = Notifications(
         sender="guardrails@contoso.com",
-        subject="Mailbox $mailbox_name\nBcc: x",
-        template="<p>$owner_name</p><p>$mailbox_name</p>$violations<i>$$5</i>",
+        subject="Mailbox {{ mailbox_name }}\nBcc: x",
+        template="<p>{{ owner_name }}</p><p>{{ mailbox_name }}</p>{{ violations }}<i>$5</i>",
     )
     subject, body = render(
         decision(),
@@ -48,7 +48,7 @@ def test_every_value_in_the_template_is_escaped() -> None:
     assert "&lt;script&gt;" in body
     assert "Adele &lt;b&gt;Vance&lt;/b&gt;" in body
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in body
-    assert "<i>$5</i>" in body  # $$ is a literal dollar
+    assert "<i>$5</i>" in body  # a dollar is just a dollar
     assert "changed back to adele@contoso.com" in body
     assert "\n" not in subject and subject.startswith("Mailbox ")
 
@@ -64,8 +64,8 @@ def test_default_template_renders_all_fields() -> None:
         mailbox_name="Adele Vance",
         wrote=True,
     )
-    assert "$" not in body
-    assert "Hello Adele," in body and "Contoso" in body
+    assert "$" not in body and "{{" not in body and "{%" not in body
+    assert "Hello Adele," in body and "Contoso" in body and "Adele Vance" in body
     assert "9d3c1c4e-2f0a-4b7e-9d55-0c2f8e1a7b10" in body
 
 
