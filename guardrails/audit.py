@@ -15,7 +15,7 @@ import structlog
 
 from guardrails.mailbox import webapi_body
 from guardrails.outcomes import Result
-from guardrails.values import to_json
+from guardrails.values import scrub, to_json
 
 AuditSink = Callable[[dict[str, Any]], None]
 
@@ -61,7 +61,9 @@ def audit_record(
     delay = getattr(result, "delay", None)
     if delay is not None:
         record["retry_after"] = delay
-    return record
+    # Names and addresses come from people and directories: make sure every sink can encode.
+    cleaned: dict[str, Any] = scrub(record)
+    return cleaned
 
 
 def configure_logging(level: int = logging.INFO) -> None:

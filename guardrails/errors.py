@@ -23,13 +23,16 @@ class ConfigurationError(GuardrailsError):
 
 
 class AuthenticationError(GuardrailsError):
-    """No token could be had. Usually configuration (secret expired, consent missing)."""
+    """No token could be had. `transient` when the token endpoint could not be reached or
+    failed (5xx): that may pass by itself. Otherwise it is configuration (a wrong or expired
+    secret, consent missing, no application user) and needs a person."""
 
     retryable = True
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, transient: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.transient = transient
 
 
 class ServiceError(GuardrailsError):
@@ -65,6 +68,21 @@ class TransientServiceError(ServiceError):
     """Throttling, a server error, a timeout or a dropped connection: later may work."""
 
     retryable = True
+
+
+class OutcomeUnknown(TransientServiceError):
+    """A write that may or may not have happened (its answer was lost, or a gateway failed after
+    the service may have acted). Never repeated blindly: the caller looks at the row first."""
+
+    def __init__(self, cause: ServiceError) -> None:
+        super().__init__(
+            cause.service,
+            f"the outcome is unknown ({cause.message})",
+            status=cause.status,
+            code=cause.code,
+            method=cause.method,
+            url=cause.url,
+        )
 
 
 class Throttled(TransientServiceError):

@@ -30,6 +30,7 @@ from guardrails.engine import Decision, Fact, Facts, Outcome, UserFacts, decide,
 from guardrails.errors import (
     AuthenticationError,
     NotFound,
+    OutcomeUnknown,
     PermanentServiceError,
     PreconditionFailed,
     ServiceError,
@@ -154,9 +155,11 @@ class Executor:
                 decision, f"A row this needs no longer exists in Dataverse: {exc.message}"
             )
         except AuthenticationError as exc:
-            # A refused or unobtainable token is almost always configuration (a wrong or expired
-            # secret, a missing application user): waiting here cannot help, a person must act.
-            return RetryLater(f"{exc}", CONFIGURATION_RETRY_DELAY, decision)
+            # A refused token is configuration (a wrong or expired secret, a missing application
+            # user): waiting here cannot help, a person must act. An unreachable token endpoint
+            # is an outage like any other.
+            delay = None if exc.transient else CONFIGURATION_RETRY_DELAY
+            return RetryLater(str(exc), delay, decision)
         except ServiceError as exc:
             if exc.retryable:
                 return RetryLater(str(exc), exc.retry_after, decision)
@@ -226,6 +229,8 @@ class Executor:
         if plan is None or plan.outcome is not Outcome.VIOLATION:
             return None
         if progress.step is Step.WRITTEN:
+            if plan.restore_approval and progress.wrote and progress.approval is None:
+                self._learn(attempt, plan)  # approval checks the owner's directory entry
             return self._after_write(attempt, plan, None)
         if progress.step is Step.WRITING:
             # An earlier PATCH may have committed with its answer lost: look before writing.
@@ -234,6 +239,10 @@ class Executor:
             if self._is_our_write(attempt, state, plan):
                 self._learn(attempt, plan)
                 return self._after_write(attempt, plan, state)
+            if state.etag != progress.write_etag:
+                # The write met someone else's (a 412 whose handling was cut short): decide as
+                # after any conflict, with that writer as the author of what is on the row.
+                self._attribute_to_last_writer(attempt, state)
         return None
 
     def _decide(self, attempt: _Attempt) -> Decision:
@@ -368,11 +377,13 @@ class Executor:
                     mailbox_id, webapi_body(decision.patch), etag=etag, tag=GUARDRAIL_TAG
                 )
                 return decision, written
-            except PreconditionFailed:
+            except (PreconditionFailed, OutcomeUnknown) as exc:
+                # Find out what happened before acting again: the write may have committed.
                 state = self.dataverse.get_mailbox(mailbox_id)
                 if self._is_our_write(attempt, state, decision):
-                    # The PATCH committed and its answer was lost; the retry met our own write.
                     return decision, state
+                if isinstance(exc, OutcomeUnknown) and state.etag == etag:
+                    continue  # it did not reach the row: the same write, still conditional
                 # Someone else wrote the row meanwhile: never overwrite blindly, decide again
                 # on the row as it is, with that writer as the author of what is on it.
                 attempt.state = state
@@ -390,6 +401,11 @@ class Executor:
         )
 
     def _redecide_after_conflict(self, attempt: _Attempt, state: MailboxState) -> Decision:
+        self._attribute_to_last_writer(attempt, state)
+        return self._decide(attempt)
+
+    def _attribute_to_last_writer(self, attempt: _Attempt, state: MailboxState) -> None:
+        """After a conflict, the row's last writer is the author of the values now on it."""
         writer_id = state.modified_by
         facts = attempt.facts
         if writer_id and writer_id not in (
@@ -398,7 +414,6 @@ class Executor:
         ):
             writer = self._user(attempt, writer_id, with_roles=True)
             attempt.facts = replace(facts, last_writer=writer)
-        return self._decide(attempt)
 
     def _reread(self, attempt: _Attempt) -> tuple[Decision, str]:
         """Read the row as it is now and decide again on it; its ETag guards the next write."""

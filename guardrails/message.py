@@ -25,6 +25,7 @@ from guardrails.values import (
     decode_value,
     parse_date,
     require_guid,
+    scrub,
 )
 
 # Brokered message property Dataverse adds when it dropped the context's bulky parts (> 192 KB).
@@ -223,17 +224,6 @@ def _refuse_constant(name: str) -> Any:
     raise _NonFinite(name)
 
 
-def _scrub(value: Any) -> Any:
-    """Replace lone surrogates with U+FFFD so every later output (UTF-8 logs, tables) encodes."""
-    if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(value, list):
-        return [_scrub(item) for item in value]
-    if isinstance(value, dict):
-        return {_scrub(key): _scrub(item) for key, item in value.items()}
-    return value
-
-
 def _load_json(text: str) -> dict[str, Any] | Rejection:
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
@@ -254,7 +244,7 @@ def _load_json(text: str) -> dict[str, Any] | Rejection:
     except ValueError as exc:  # e.g. an integer with more digits than Python will parse
         return Rejection(RejectionKind.NOT_JSON, f"The body is not usable JSON: {exc}.")
     if _SURROGATE_ESCAPE.search(text):
-        data = _scrub(data)
+        data = scrub(data)
     if not isinstance(data, dict):
         return Rejection(
             RejectionKind.WRONG_SHAPE,

@@ -306,3 +306,18 @@ def from_json(data: Any) -> Value:
     if data is None or isinstance(data, str | int | float | bool):
         return data
     return UnknownValue(type(data).__name__, data)
+
+
+def scrub(value: Any) -> Any:
+    """Replace lone surrogates with U+FFFD in every string of a JSON-shaped value.
+
+    JSON's \\uD800 escapes can carry them in from a message body or a service's answer, and
+    no UTF-8 output (logs, tables, mail) can encode them.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list | tuple):
+        return [scrub(item) for item in value]
+    if isinstance(value, dict):
+        return {scrub(key): scrub(item) for key, item in value.items()}
+    return value

@@ -126,8 +126,15 @@ class MsalTokenProvider:
                 if force_refresh:
                     app.remove_tokens_for_client()
                 result = app.acquire_token_for_client(scopes=[scope])
-        except (requests.RequestException, msal.ManagedIdentityError, ValueError) as exc:
-            raise AuthenticationError(f"no token for {scope}: {exc}") from exc
+        except (
+            requests.RequestException,
+            msal.ManagedIdentityError,
+            msal.exceptions.MsalServiceError,
+            ValueError,
+        ) as exc:
+            # The endpoint could not be reached or failed (MSAL raises MsalServiceError for a
+            # 5xx): that may pass, unlike an answer refusing the credentials (below).
+            raise AuthenticationError(f"no token for {scope}: {exc}", transient=True) from exc
         if not isinstance(result, dict) or "access_token" not in result:
             details = result if isinstance(result, dict) else {}
             code = details.get("error")

@@ -20,7 +20,7 @@ from guardrails.clients.http import ApiClient, RetryPolicy
 from guardrails.engine import QueueFacts, UserFacts
 from guardrails.errors import PermanentServiceError
 from guardrails.mailbox import GUARDRAIL_TAG, Column, MailboxState
-from guardrails.values import EntityReference, Value, is_guid
+from guardrails.values import EntityReference, Value, is_guid, scrub
 
 API = "api/data/v9.2"
 LOOKUP_ANNOTATION = "Microsoft.Dynamics.CRM.lookuplogicalname"
@@ -121,6 +121,12 @@ def mailbox_state(row: Mapping[str, Any]) -> MailboxState:
     )
 
 
+def _body(response: requests.Response) -> Any:
+    """A response's JSON with lone surrogates replaced: names and addresses are typed by
+    people, and every later output (logs, tables, mail) must be able to encode them."""
+    return scrub(response.json())
+
+
 def key(entity_id: str, what: str) -> str:
     """A row id as it goes into a URL: a GUID, or nothing is sent.
 
@@ -180,7 +186,7 @@ class DataverseClient(ApiClient):
         """The app's own systemuserid; it never changes while the process lives."""
         with self._whoami_lock:  # one request per process, however many messages arrive at once
             if self._whoami is None:
-                data = self.request("GET", "WhoAmI").json()
+                data = _body(self.request("GET", "WhoAmI"))
                 self._whoami = WhoAmI(
                     user_id=str(data["UserId"]).lower(),
                     business_unit_id=str(data.get("BusinessUnitId", "")).lower(),
@@ -195,7 +201,7 @@ class DataverseClient(ApiClient):
             params={"$select": ",".join(MAILBOX_COLUMNS)},
             headers={"Prefer": f'odata.include-annotations="{LOOKUP_ANNOTATION}"'},
         )
-        state = mailbox_state(response.json())
+        state = mailbox_state(_body(response))
         if state.etag is None:
             raise PermanentServiceError(
                 self.service, f"mailbox {mailbox_id} was returned without an @odata.etag"
@@ -227,10 +233,11 @@ class DataverseClient(ApiClient):
                 "Prefer": f'return=representation,odata.include-annotations="{LOOKUP_ANNOTATION}"',
             },
             expect=(204, 200),
+            repeatable=False,
         )
         if response.status_code == 204 or not response.content:
             return MailboxState(mailbox_id=mailbox_id, values={})  # no representation: no ETag
-        return mailbox_state(response.json())
+        return mailbox_state(_body(response))
 
     def get_user(self, user_id: str, *, with_roles: bool = False) -> UserFacts:
         user_id = key(user_id, "a user")
@@ -241,11 +248,15 @@ class DataverseClient(ApiClient):
         return replace(user, role_ids=role_ids, role_names=role_names)
 
     def _load_user(self, user_id: str) -> UserFacts:
-        data = self.request(
-            "GET",
-            f"systemusers({user_id})",
-            params={"$select": "fullname,internalemailaddress,domainname,isdisabled,accessmode"},
-        ).json()
+        data = _body(
+            self.request(
+                "GET",
+                f"systemusers({user_id})",
+                params={
+                    "$select": "fullname,internalemailaddress,domainname,isdisabled,accessmode"
+                },
+            )
+        )
         email = data.get("internalemailaddress") or None
         upn = data.get("domainname") or None
         return UserFacts(
@@ -259,11 +270,13 @@ class DataverseClient(ApiClient):
         )
 
     def _load_roles(self, user_id: str) -> tuple[frozenset[str], frozenset[str]]:
-        data = self.request(
-            "GET",
-            f"systemusers({user_id})/systemuserroles_association",
-            params={"$select": "name,roleid"},
-        ).json()
+        data = _body(
+            self.request(
+                "GET",
+                f"systemusers({user_id})/systemuserroles_association",
+                params={"$select": "name,roleid"},
+            )
+        )
         rows = [row for row in data.get("value", []) if isinstance(row, dict)]
         return (
             frozenset(str(row["roleid"]).lower() for row in rows if row.get("roleid")),
@@ -276,20 +289,24 @@ class DataverseClient(ApiClient):
         return self._queues.get(queue_id, lambda: self._load_queue(queue_id))
 
     def _load_queue(self, queue_id: str) -> QueueFacts:
-        row = self.request(
-            "GET",
-            f"queues({queue_id})",
-            params={"$select": "name,emailaddress,_ownerid_value"},
-            headers={"Prefer": f'odata.include-annotations="{LOOKUP_ANNOTATION}"'},
-        ).json()
+        row = _body(
+            self.request(
+                "GET",
+                f"queues({queue_id})",
+                params={"$select": "name,emailaddress,_ownerid_value"},
+                headers={"Prefer": f'odata.include-annotations="{LOOKUP_ANNOTATION}"'},
+            )
+        )
         owner = _lookup(row, "ownerid")
         owner_user_id: str | None = None
         if owner is not None and owner.logical_name == "team":
-            team = self.request(
-                "GET",
-                f"teams({key(owner.id, 'a team')})",
-                params={"$select": "name,_administratorid_value"},
-            ).json()
+            team = _body(
+                self.request(
+                    "GET",
+                    f"teams({key(owner.id, 'a team')})",
+                    params={"$select": "name,_administratorid_value"},
+                )
+            )
             admin = team.get("_administratorid_value")
             owner_user_id = admin.lower() if is_guid(admin) else None
         elif owner is not None:
@@ -307,13 +324,17 @@ class DataverseClient(ApiClient):
         return self._org.get("org", self._load_organization)
 
     def _load_organization(self) -> dict[Column, int | str]:
-        data = self.request(
-            "GET",
-            "organizations",
-            params={
-                "$select": "organizationid,defaultemailsettings,_defaultemailserverprofileid_value"
-            },
-        ).json()
+        data = _body(
+            self.request(
+                "GET",
+                "organizations",
+                params={
+                    "$select": (
+                        "organizationid,defaultemailsettings,_defaultemailserverprofileid_value"
+                    )
+                },
+            )
+        )
         rows = data.get("value") or [{}]
         row = rows[0]
         defaults: dict[Column, int | str] = dict(

@@ -23,6 +23,7 @@ from guardrails.clients.auth import TokenProvider
 from guardrails.errors import (
     AuthenticationError,
     NotFound,
+    OutcomeUnknown,
     PermanentServiceError,
     PreconditionFailed,
     ServiceError,
@@ -112,7 +113,14 @@ class ApiClient:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         expect: tuple[int, ...] = (200,),
+        repeatable: bool = True,
     ) -> requests.Response:
+        """Send one request, refreshing the token once on 401 and retrying what may pass.
+
+        A request that is not `repeatable` (a conditional write) is retried only when the
+        service said it did not act (429); any other failure may have come after the write
+        happened, so it is raised as `OutcomeUnknown` for the caller to look before acting again.
+        """
         url = f"{self.base_url}/{path}"
         for name, value in (headers or {}).items():
             if not _HEADER_VALUE.match(value):
@@ -152,6 +160,8 @@ class ApiClient:
                     attempt -= 1
                     continue
                 error = self.error(response, method, url)
+            if not repeatable and error.retryable and not isinstance(error, Throttled):
+                raise OutcomeUnknown(error)
             if not error.retryable or attempt >= self._retry.max_attempts:
                 raise error
             wait = self._retry.delay(attempt, error.retry_after)

@@ -1,0 +1,1 @@
+"""The chaos suite: the real worker under injected faults at every edge."""
