@@ -31,7 +31,7 @@ from guardrails.message import ExecutionContext, Rejection
 from guardrails.policy.model import ORGANIZATION_DEFAULT, Mode, Policy, Scope
 from guardrails.values import EntityReference, Value, from_json, to_json
 
-GOVERNED_MESSAGES = frozenset({"Create", "Update"})
+GOVERNED_MESSAGES = frozenset({"Create", "Update", "Reconcile"})
 
 
 class Outcome(StrEnum):
@@ -244,6 +244,32 @@ def decide(
     if isinstance(context, Rejection):
         return reject(context)
     return _Decider(context, policy, facts or Facts(), state).run()
+
+
+RECONCILE = "Reconcile"
+
+
+def row_context(mailbox_id: str, policy: Policy) -> ExecutionContext:
+    """The context of a check without a message: a mailbox row as it stands, every governed
+    column under review (as for a message too large to carry the row)."""
+    return ExecutionContext(
+        message_name=RECONCILE,
+        primary_entity_name=MAILBOX,
+        primary_entity_id=mailbox_id,
+        organization_id=policy.organization.id,
+        oversize=True,
+    )
+
+
+def decide_row(state: MailboxState, policy: Policy, facts: Facts | None = None) -> Decision:
+    """Is this row, as it stands, what the policy wants? The sweep's and the report's decision.
+
+    The same rules as for an event, on every governed column: nobody initiated anything, so no
+    user exemption applies; an exempt mailbox is left alone, and a value the guardrail recorded
+    as accepted (an exempt user's change) is not drift. `changes: forbidden` is about changes,
+    so a row is only held to `allowed_domains` and `must_match_owner`.
+    """
+    return decide(row_context(state.mailbox_id, policy), policy, facts, state)
 
 
 class _Decider:
