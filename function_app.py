@@ -1,12 +1,14 @@
-"""Azure Functions entry point: wires the Service Bus trigger to the guardrail, nothing more."""
+"""Azure Functions entry point: wires the triggers to the guardrail, nothing more."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import azure.functions as func
 
-from guardrails.worker import worker_from_environment
+from guardrails.reconcile import DEFAULT_SCHEDULE
+from guardrails.worker import build_sweep, worker_from_environment
 
 app = func.FunctionApp()
 # Settings and the policy are checked here, at start-up: a misconfigured app fails once with
@@ -26,3 +28,15 @@ def mailbox_guardrail(message: func.ServiceBusMessage) -> None:
         content_type=message.content_type,
         enqueued_time=message.enqueued_time_utc,
     )
+
+
+@app.function_name("reconcile")
+@app.timer_trigger(
+    arg_name="timer",
+    schedule=os.environ.get("GUARDRAILS_RECONCILE_SCHEDULE") or DEFAULT_SCHEDULE,
+    run_on_startup=False,
+)
+def reconcile(timer: func.TimerRequest) -> None:
+    """The nightly sweep for what events missed; quiet (its run record and audit records say
+    what it did)."""
+    build_sweep(worker).run()

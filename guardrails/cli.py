@@ -76,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the whole flow against a local sandbox")
     demo.set_defaults(handler=_demo)
 
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="sweep every mailbox the policy may object to and fix what events missed "
+        "(the function's settings: DATAVERSE_URL, credentials, storage)",
+    )
+    reconcile.add_argument("--dry-run", action="store_true", help="find and record, write nothing")
+    reconcile.add_argument("--format", choices=("table", "json"), default="table")
+    reconcile.set_defaults(handler=_reconcile)
+
     _dlq_parser(commands)
     audit = commands.add_parser(
         "audit",
@@ -243,6 +252,38 @@ def _audit(args: argparse.Namespace) -> int:
     records = trail.query(since=since, mailbox_id=args.mailbox, outcome=args.outcome)
     render_records(records, args.format, print)
     return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from guardrails.worker import build_sweep, worker_from_environment
+
+    worker = worker_from_environment(Path.cwd())
+    if args.format == "json" or not sys.stdout.isatty():
+        summary = build_sweep(worker, dry_run=args.dry_run).run()
+    else:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()
+        ) as bar:
+            task = bar.add_task("scanning mailboxes", total=None)
+
+            def progress(scanned: int, fixed: int) -> None:
+                bar.update(task, description=f"scanned {scanned}, fixed {fixed}")
+
+            summary = build_sweep(worker, dry_run=args.dry_run, progress=progress).run()
+    data = summary.to_dict()
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        for error in summary.errors:
+            print(f"error: {error}")
+        print(
+            f"scanned {data['scanned']}, non-compliant {data['non_compliant']}, fixed "
+            f"{data['fixed']}, skipped {data['skipped']}, failed {data['failed']}, "
+            f"requests {data['requests']}{' (dry run: nothing written)' if args.dry_run else ''}"
+        )
+    return 1 if summary.failed else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

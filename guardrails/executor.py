@@ -20,13 +20,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from guardrails.audit import AuditSink, audit_record
 from guardrails.clients.dataverse import DataverseClient, etag_for
 from guardrails.clients.graph import Mail
 from guardrails.clients.tables import EntityChanged, EntityExists
-from guardrails.engine import Decision, Fact, Facts, Outcome, UserFacts, decide, own_addresses
+from guardrails.engine import (
+    Decision,
+    Fact,
+    Facts,
+    Outcome,
+    UserFacts,
+    decide,
+    own_addresses,
+    row_context,
+)
 from guardrails.errors import (
     AuthenticationError,
     NotFound,
@@ -46,6 +55,7 @@ from guardrails.state.ledger import Notice, Progress, Sending, Step, message_key
 from guardrails.values import EntityReference
 
 APPROVED = 1
+T = TypeVar("T")
 # How long a message waits after a token was refused: long enough for someone to fix a secret.
 CONFIGURATION_RETRY_DELAY = 300.0
 
@@ -66,6 +76,17 @@ class _Attempt:
     state: MailboxState | None = None
     progress: Progress | None = None
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RowClaim:
+    """A drifted row claimed in the ledger, its write recorded as `writing`, awaiting the
+    answer of the `$batch` that carries it."""
+
+    attempt: _Attempt
+    decision: Decision
+    state: MailboxState
+    started: float
 
 
 class _Busy(ServiceError):
@@ -121,13 +142,27 @@ class Executor:
                 f"unexpected {type(exc).__name__} while handling the message (a defect; "
                 f"please report it): {str(exc)[:300]}"
             )
+        return self._emit(result, key=key, message_id=message_id, started=started)
+
+    def _emit(
+        self,
+        result: Result,
+        *,
+        key: str,
+        message_id: str | None,
+        started: float,
+        source: str = "event",
+        dry_run: bool | None = None,
+    ) -> Result:
+        """The audit record of one outcome: logged, and stored in the audit trail."""
         record = audit_record(
             result,
             message_id=message_id,
-            dry_run=self.dry_run,
+            dry_run=self.dry_run if dry_run is None else dry_run,
             duration_ms=round((self.clock() - started) * 1000, 1),
         )
         record["message_key"] = key
+        record["source"] = source
         self.audit(record)
         try:
             self.state.audit.append(record)
@@ -137,6 +172,101 @@ class Executor:
             if isinstance(result, Done | NothingToDo):
                 return RetryLater(f"the audit trail could not be stored: {exc}", exc.retry_after)
         return result
+
+    # -- rows, for the reconcile sweep ------------------------------------------------------
+
+    def claim_row(self, state: MailboxState, facts: Facts, decision: Decision) -> RowClaim | Result:
+        """Start fixing a drifted row the sweep found: claim it in the ledger (keyed by the row
+        and its version, so a second sweep over the same drift is recognised) and record the
+        write about to be sent in a `$batch`. A row already under way elsewhere, or already
+        fixed, comes back as a Result (finished through the single-row path if need be)."""
+        started = self.clock()
+        key = message_key(f"row:{state.mailbox_id}:{state.version or state.etag}".encode())
+        attempt = _Attempt(
+            row_context(state.mailbox_id, self.policy),
+            key,
+            self.state.ledger.new_holder(),
+            replace(facts, guardrail_user_id=self.dataverse.whoami().user_id),
+            state=state,
+        )
+
+        def claim() -> RowClaim | Result:
+            resumed = self._resume(attempt)
+            if resumed is not None:
+                return resumed
+            self._claim(attempt, decision)
+            assert attempt.progress is not None
+            attempt.progress = self.state.ledger.writing(attempt.progress, etag=state.etag or "*")
+            return RowClaim(attempt, decision, state, started)
+
+        outcome = self._guarded(claim, decision)
+        if isinstance(outcome, RowClaim):
+            return outcome
+        return self._emit(outcome, key=key, message_id=None, started=started, source="reconcile")
+
+    def finish_row(self, claim: RowClaim, written: MailboxState | None, *, status: int) -> Result:
+        """Carry a row on after its `$batch` answer: a success goes on to approval, the
+        notification and the audit record like an event's revert; a 412 or a lost answer is
+        settled by reading the row, as after any single write."""
+        attempt, decision = claim.attempt, claim.decision
+
+        def finish() -> Result:
+            if status in (200, 204):
+                state = written or self.dataverse.get_mailbox(claim.state.mailbox_id)
+                return self._after_write(attempt, decision, state)
+            if status not in (0, 412):
+                return GiveUp(f"Dataverse refused the write (HTTP {status})", decision)
+            state = self.dataverse.get_mailbox(claim.state.mailbox_id)
+            if self._is_our_write(attempt, state, decision):
+                return self._after_write(attempt, decision, state)
+            attempt.state = state
+            again = (
+                self._redecide_after_conflict(attempt, state)
+                if status == 412
+                else self._decide(attempt)
+            )
+            if again.outcome is not Outcome.VIOLATION or not again.patch:
+                assert attempt.progress is not None
+                self.state.ledger.done(attempt.progress, notified=(), errors=())
+                return NothingToDo(again, again.reason)
+            again, rewritten = self._write(attempt, again)
+            if again.outcome is not Outcome.VIOLATION:
+                assert attempt.progress is not None
+                self.state.ledger.done(attempt.progress, notified=(), errors=())
+                return NothingToDo(again, again.reason)
+            return self._after_write(attempt, again, rewritten)
+
+        result = self._guarded(finish, decision)
+        assert not isinstance(result, RowClaim)
+        return self._emit(
+            result, key=attempt.key, message_id=None, started=claim.started, source="reconcile"
+        )
+
+    def record_row(self, decision: Decision, result: Result, *, dry_run: bool) -> Result:
+        """The audit record of a row the sweep found and left as it is (dry run, audit mode)."""
+        key = message_key(f"row:{decision.mailbox_id}".encode())
+        return self._emit(
+            result,
+            key=key,
+            message_id=None,
+            started=self.clock(),
+            source="reconcile",
+            dry_run=dry_run,
+        )
+
+    def _guarded(self, step: Callable[[], T], decision: Decision) -> T | Result:
+        """A step's service errors as outcomes, the way `_run` turns them for an event."""
+        try:
+            return step()
+        except NotFound as exc:
+            return NothingToDo(decision, f"A row this needs no longer exists: {exc.message}")
+        except AuthenticationError as exc:
+            delay = None if exc.transient else CONFIGURATION_RETRY_DELAY
+            return RetryLater(str(exc), delay, decision)
+        except ServiceError as exc:
+            if exc.retryable:
+                return RetryLater(str(exc), exc.retry_after, decision)
+            return GiveUp(str(exc), decision)
 
     # -- deciding ------------------------------------------------------------------------------
 

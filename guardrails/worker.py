@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -52,6 +52,9 @@ from guardrails.settlement import (
 )
 from guardrails.state import State
 from guardrails.state.ledger import message_key
+
+if TYPE_CHECKING:
+    from guardrails.reconcile import Sweep
 
 _log = structlog.get_logger("guardrails.worker")
 
@@ -319,3 +322,23 @@ def worker_from_environment(app_root: Path) -> Worker:
         except ConfigurationError as exc:
             problems.extend(exc.problems)
     raise ConfigurationError(problems)
+
+
+def build_sweep(
+    worker: Worker,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Sweep:
+    """The reconcile sweep over the worker's own executor: one code path for events and sweeps."""
+    from guardrails.reconcile import Sweep
+
+    executor = worker.executor
+    return Sweep(
+        policy=executor.policy,
+        dataverse=executor.dataverse,
+        executor=executor,
+        runs=worker.state.runs,
+        dry_run=dry_run,
+        progress=progress,
+    )

@@ -100,6 +100,7 @@ class ApiClient:
             return dict(self._counts)
 
     def _count(self, method: str, path: str) -> None:
+        path = path.removeprefix(self.base_url + "/")
         segment = path.split("?", 1)[0].split("(", 1)[0].split("/", 1)[0]
         with self._counts_lock:
             self._counts[f"{method} {segment}"] += 1
@@ -114,6 +115,7 @@ class ApiClient:
         headers: Mapping[str, str] | None = None,
         expect: tuple[int, ...] = (200,),
         repeatable: bool = True,
+        data: bytes | None = None,
     ) -> requests.Response:
         """Send one request, refreshing the token once on 401 and retrying what may pass.
 
@@ -121,7 +123,8 @@ class ApiClient:
         service said it did not act (429); any other failure may have come after the write
         happened, so it is raised as `OutcomeUnknown` for the caller to look before acting again.
         """
-        url = f"{self.base_url}/{path}"
+        # An absolute URL of this service (an @odata.nextLink) is followed unchanged.
+        url = path if path.startswith(self.base_url + "/") else f"{self.base_url}/{path}"
         for name, value in (headers or {}).items():
             if not _HEADER_VALUE.match(value):
                 raise PermanentServiceError(
@@ -143,6 +146,7 @@ class ApiClient:
                     url,
                     params=params,
                     json=json,
+                    data=data,
                     headers=all_headers,
                     timeout=self._timeout,
                 )

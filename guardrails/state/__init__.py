@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from guardrails.clients.tables import TableStore
+from guardrails.clients.tables import Table, TableStore
 from guardrails.state.accepted import AcceptedValues
 from guardrails.state.ledger import Ledger
 from guardrails.state.records import AuditTrail, FailureLog
@@ -27,6 +27,7 @@ class State:
     accepted: AcceptedValues
     audit: AuditTrail
     failures: FailureLog
+    runs: Table  # one record per reconcile run (counts, duration, errors)
 
     @classmethod
     def over(
@@ -48,6 +49,7 @@ class State:
             accepted=AcceptedValues(store.table("Accepted")),
             audit=AuditTrail(store.table("Audit")),
             failures=FailureLog(store.table("Failures")),
+            runs=store.table("Runs"),
         )
 
 

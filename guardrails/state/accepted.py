@@ -49,6 +49,20 @@ class AcceptedValues:
             if name in Column._value2member_map_
         }
 
+    def all(self) -> dict[str, dict[Column, Value]]:
+        """Every mailbox's accepted values (the sweep loads them once per run; only mailboxes
+        an exempt user changed, or the guardrail reverted, have any)."""
+        found: dict[str, dict[Column, Value]] = {}
+        for entity in self._table.query("RowKey eq @row", parameters={"row": _ROW}):
+            raw = entity.properties.get("columns")
+            stored = json.loads(raw) if isinstance(raw, str) else {}
+            found[entity.partition_key] = {
+                Column(name): from_json(item["value"])
+                for name, item in stored.items()
+                if name in Column._value2member_map_
+            }
+        return found
+
     def record(
         self, mailbox_id: str, values: Mapping[Column, Value], *, by: str | None, reason: str
     ) -> None:

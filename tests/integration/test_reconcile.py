@@ -1,0 +1,165 @@
+"""The reconcile sweep against the sandbox: drift across every rule, fixed through the executor."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from guardrails.cli import main
+from guardrails.worker import build_sweep
+from tests.integration.conftest import Deployment, deploy
+
+SWEEP_POLICY = """\
+version: 1
+organization:
+  id: {organization_id}
+mode: {mode}
+rules:
+  delivery_methods:
+    incoming_email: server_side_sync
+    outgoing_email: server_side_sync
+    appointments_contacts_tasks: server_side_sync
+  email_address:
+    changes: forbidden
+    must_match_owner: true
+    restore_approval: true
+exemptions:
+  security_roles: [System Administrator]
+  mailboxes: [{exempt}]
+notifications:
+  enabled: true
+  sender: guardrails@contoso.com
+"""
+EXEMPT = "0e0e0e0e-1111-2222-3333-444444444444"
+MAILBOXES = 400
+DRIFT = 0.05
+
+
+@pytest.fixture
+def tenant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
+    text = SWEEP_POLICY.replace("{exempt}", EXEMPT)
+    yield from deploy("client_secret", tmp_path, monkeypatch, policy_text=text)
+
+
+def seed(deployment: Deployment) -> dict[str, str]:
+    """MAILBOXES users with mailboxes, DRIFT of them drifted in every way; returns
+    mailbox id -> how it drifted."""
+    dataverse = deployment.sandbox.dataverse
+    rng = random.Random(7)
+    drifts = {
+        "incoming": {"incomingemaildeliverymethod": 3},
+        "outgoing": {"outgoingemaildeliverymethod": 1},
+        "act": {"actdeliverymethod": 0},
+        "address": {"emailaddress": "someone.else@contoso.com"},
+    }
+    people = dataverse.add_mailboxes(MAILBOXES, email="person{index}@contoso.com")
+    drifted: dict[str, str] = {}
+    for _user, mailbox_id in people:
+        if rng.random() < DRIFT:
+            kind = rng.choice(sorted(drifts))
+            dataverse.update_mailbox_as(dataverse.system_user_id, mailbox_id, drifts[kind])
+            drifted[mailbox_id] = kind
+    deployment.sandbox.take()  # the events of the seeding are not delivered: the sweep must find it
+    return drifted
+
+
+def test_a_sweep_fixes_every_drift_once_and_a_second_finds_nothing(tenant: Deployment) -> None:
+    deployment = tenant
+    drifted = seed(deployment)
+    dataverse = deployment.sandbox.dataverse
+    # An exempt mailbox that drifted, and an accepted exception an exempt admin made: both stay.
+    exempt_box = dataverse.add_mailbox(
+        mailboxid=EXEMPT,
+        owner_user_id=deployment.user_id,
+        emailaddress="adele.exempt@contoso.com",
+        incoming=3,
+    )
+    admin_change = deployment.user_change(
+        {"incomingemaildeliverymethod": 0}, by=deployment.admin_id
+    )
+    deployment.run(admin_change)  # exempt: left alone and recorded as accepted
+    dataverse.clear_log()
+
+    summary = build_sweep(deployment.app.worker).run()
+
+    assert summary.fixed == len(drifted) > 0
+    assert summary.non_compliant == len(drifted) and summary.failed == 0
+    for mailbox_id in drifted:
+        row = dataverse.mailbox(mailbox_id)
+        assert (row["incomingemaildeliverymethod"], row["outgoingemaildeliverymethod"]) == (2, 2)
+        assert row["actdeliverymethod"] == 1
+        assert row["emailaddress"].startswith("person") and row["emailrouteraccessapproval"] == 1
+    assert dataverse.mailbox(exempt_box)["incomingemaildeliverymethod"] == 3
+    assert dataverse.mailbox(deployment.mailbox_id)["incomingemaildeliverymethod"] == 0
+    assert dataverse.count("POST", "$batch") >= 1  # the writes went in batches
+    single_patches = [
+        p for p in deployment.patches() if "emailrouteraccessapproval" not in (p.json or {})
+    ]
+    assert single_patches == []  # none one by one
+    # Owners are looked up by the page, never one request per mailbox.
+    assert dataverse.count("GET", "systemusers") <= MAILBOXES // 100 + 2
+    owners = {m.to[0] for m in deployment.sandbox.graph.sent}
+    assert len(owners) == len(drifted)  # each owner told once
+
+    again = build_sweep(deployment.app.worker).run()
+    assert (again.non_compliant, again.fixed) == (0, 0)
+    assert again.scanned == MAILBOXES + 3  # every row read again (address rules need it)
+
+
+def test_dry_run_finds_and_writes_nothing_and_prints_json(
+    tenant: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    drifted = seed(tenant)
+    tenant.sandbox.dataverse.clear_log()
+    assert main(["reconcile", "--dry-run", "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    for key in ("scanned", "non_compliant", "fixed", "skipped", "failed", "requests"):
+        assert isinstance(printed[key], int)
+    assert printed["non_compliant"] == len(drifted) and printed["fixed"] == 0
+    assert tenant.sandbox.dataverse.find_requests(method="PATCH") == []
+    assert tenant.sandbox.dataverse.count("POST", "$batch") == 0
+
+
+def test_a_concurrent_change_during_the_batch_is_never_overwritten(tenant: Deployment) -> None:
+    """The row changes between the sweep's read and its batch: that write gets its 412 and is
+    re-decided alone, with the later writer as the author."""
+    deployment = tenant
+    drifted = seed(deployment)
+    dataverse = deployment.sandbox.dataverse
+    target = next(iter(drifted))
+    done = []
+
+    def admin_first(pending: object) -> None:
+        if not done:
+            done.append(True)
+            dataverse.update_mailbox_as(deployment.admin_id, target, {"actdeliverymethod": 2})
+
+    remove = dataverse.before_write(admin_first)
+    try:
+        summary = build_sweep(deployment.app.worker).run()
+    finally:
+        remove()
+    assert dataverse.mailbox(target)["actdeliverymethod"] == 2  # the admin's write stands
+    assert summary.failed == 0
+
+
+def test_the_timer_function_sweeps(tenant: Deployment) -> None:
+    drifted = seed(tenant)
+    from azure.functions import TimerRequest
+
+    class Tick(TimerRequest):
+        @property
+        def past_due(self) -> bool:
+            return False
+
+    tenant.app.reconcile(Tick())
+    rows = [tenant.sandbox.dataverse.mailbox(m) for m in drifted]
+    assert all(r["incomingemaildeliverymethod"] == 2 for r in rows)
+    (record,) = list(
+        tenant.app.worker.state.runs.query("PartitionKey eq @p", parameters={"p": "reconcile"})
+    )
+    assert record.properties["fixed"] == len(drifted)
