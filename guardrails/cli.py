@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
     schema = policy_commands.add_parser("schema", help="print the policy's JSON Schema")
     schema.set_defaults(handler=lambda _args: _print(schema_json()))
+    docs = policy_commands.add_parser("docs", help="print the policy reference (docs/policy.md)")
+    docs.set_defaults(handler=_policy_docs)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -123,6 +125,13 @@ def _dlq_parser(commands: Any) -> None:
 
 def _print(text: str) -> int:
     print(text)
+    return 0
+
+
+def _policy_docs(args: argparse.Namespace) -> int:
+    from guardrails.policy.docs import policy_reference
+
+    sys.stdout.write(policy_reference())
     return 0
 
 

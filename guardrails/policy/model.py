@@ -136,6 +136,8 @@ DomainName = Annotated[str, AfterValidator(_domain)]
 
 
 class Organization(_Strict):
+    """The Dataverse organization (environment) this policy governs."""
+
     id: Guid = Field(
         description="The organization's id (OrganizationId in every message; Settings > "
         "Developer resources). Messages from any other organization are rejected."
@@ -219,28 +221,36 @@ class DeliveryMethodsRule(_Strict):
 
 
 class EmailAddressRule(_Strict):
+    """The mailbox's email address. An address is only ever written back, or approved, if it is
+    the mailbox's own: its owner's primary email or sign-in name, or a queue's address."""
+
     mode: Mode | None = Field(None, description="Overrides the policy's mode for this rule.")
     changes: Literal["forbidden", "allowed"] = Field(
         "forbidden",
         description="forbidden: a change by anyone not exempt is reverted to the previous "
-        "address (this is what stops a user from pointing their mailbox at an executive's).",
+        "address when that is the mailbox's own, else to the owner's primary email (this is "
+        "what stops a user from pointing their mailbox at an executive's).",
     )
     allowed_domains: tuple[DomainName, ...] = Field(
         (), description="If set, an address must be in one of these domains (e.g. contoso.com)."
     )
     must_match_owner: bool = Field(
         False,
-        description="A user mailbox's address must be its owner's primary email (looked up "
-        "live; offline replay reports this check as not verifiable).",
+        description="A mailbox's address must be its own: the owner's primary email or sign-in "
+        "name, or for a queue mailbox the queue's address (looked up live; offline replay "
+        "reports this check as not verifiable).",
     )
     restore_approval: bool = Field(
         False,
-        description="After reverting an address, set emailrouteraccessapproval back to Approved "
-        "(the guardrail's application user needs the approve-email privileges).",
+        description="After reverting an address, set emailrouteraccessapproval back to Approved, "
+        "only while the address on the row is the mailbox's own (the guardrail's application "
+        "user needs the approve-email privileges).",
     )
 
 
 class ServerProfileRule(_Strict):
+    """The email server profile the mailbox synchronizes through."""
+
     mode: Mode | None = Field(None, description="Overrides the policy's mode for this rule.")
     expected: str = Field(
         ORGANIZATION_DEFAULT,
@@ -257,6 +267,8 @@ class ServerProfileRule(_Strict):
 
 
 class Rules(_Strict):
+    """What is governed: at least one rule."""
+
     delivery_methods: DeliveryMethodsRule | None = None
     email_address: EmailAddressRule | None = None
     server_profile: ServerProfileRule | None = None
@@ -271,6 +283,8 @@ class Rules(_Strict):
 
 
 class Exemptions(_Strict):
+    """Changes that are not governed (administrators fixing mailboxes, service mailboxes)."""
+
     mailboxes: tuple[Guid, ...] = Field((), description="Mailbox ids never governed.")
     users: tuple[UserRef, ...] = Field(
         (),
@@ -291,6 +305,8 @@ def parse_duration(value: str | int) -> int:
 
 
 class Throttle(_Strict):
+    """At most this many notifications per mailbox per window, counted across instances."""
+
     max_per_mailbox: StrictInt = Field(
         3,
         ge=1,
@@ -318,6 +334,8 @@ class Throttle(_Strict):
 
 
 class Notifications(_Strict):
+    """Who is told about a revert, and what the mail says."""
+
     enabled: bool = True
     sender: EmailAddress | None = Field(
         None, description="The mailbox Graph sends from (needs Mail.Send for the app)."
