@@ -40,13 +40,16 @@ class Credentials:
     client_secret: str | None = None
     certificate_path: Path | None = None
     certificate_password: str | None = None
+    # The PEM itself, e.g. from a Key Vault reference in the app settings
+    # (`@Microsoft.KeyVault(SecretUri=...)`): Flex Consumption has no certificate store to read.
+    certificate_pem: str | None = field(default=None, repr=False)
     authority_host: str = PUBLIC_AUTHORITY
 
     @property
     def kind(self) -> str:
         if self.client_secret:
             return "client_secret"
-        if self.certificate_path:
+        if self.certificate_path or self.certificate_pem:
             return "certificate"
         return "managed_identity"
 
@@ -106,13 +109,26 @@ def load_settings(
 
     tenant_id, client_id = get("AZURE_TENANT_ID"), get("AZURE_CLIENT_ID")
     secret, certificate = get("AZURE_CLIENT_SECRET"), get("AZURE_CLIENT_CERTIFICATE_PATH")
-    if secret and certificate:
+    pem = get("AZURE_CLIENT_CERTIFICATE")
+    given = [
+        name
+        for name, value in (
+            ("AZURE_CLIENT_SECRET", secret),
+            ("AZURE_CLIENT_CERTIFICATE_PATH", certificate),
+            ("AZURE_CLIENT_CERTIFICATE", pem),
+        )
+        if value
+    ]
+    if len(given) > 1:
+        problems.append(f"both {given[0]} and {given[1]} are set; keep one")
+    if pem and "-----BEGIN" not in pem:
         problems.append(
-            "both AZURE_CLIENT_SECRET and AZURE_CLIENT_CERTIFICATE_PATH are set; keep one"
+            "AZURE_CLIENT_CERTIFICATE must be PEM text (the private key and the certificate), "
+            "e.g. a Key Vault reference to a secret holding it"
         )
     if client_id and not is_guid(client_id):
         problems.append(f"AZURE_CLIENT_ID must be an application (client) id GUID: '{client_id}'")
-    if secret or certificate:
+    if secret or certificate or pem:
         if not tenant_id:
             problems.append(
                 "AZURE_TENANT_ID is not set (needed with a client secret or certificate)"
@@ -187,6 +203,7 @@ def load_settings(
             client_secret=secret,
             certificate_path=certificate_path,
             certificate_password=get("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+            certificate_pem=pem,
             authority_host=authority_host,
         ),
         policy_path=policy_path,

@@ -69,10 +69,12 @@ class MsalTokenProvider:
         # Read the certificate now: a bad file is a start-up error, not a first-message one.
         self._certificate: dict[str, str] | None = None
         if credentials.kind == "certificate":
-            assert credentials.certificate_path is not None
-            self._certificate = certificate_credential(
-                credentials.certificate_path.read_bytes(), credentials.certificate_password
-            )
+            if credentials.certificate_pem:
+                pem = credentials.certificate_pem.encode()
+            else:
+                assert credentials.certificate_path is not None
+                pem = credentials.certificate_path.read_bytes()
+            self._certificate = certificate_credential(pem, credentials.certificate_password)
 
     @property
     def kind(self) -> str:

@@ -44,3 +44,31 @@ def test_a_bad_certificate_file_fails_when_the_provider_is_built(tmp_path: Path)
     credentials = Credentials(tenant_id=TENANT, client_id=CLIENT, certificate_path=bad)
     with pytest.raises(ConfigurationError, match="one PEM file with the private key"):
         MsalTokenProvider(credentials, session=new_session())
+
+
+def test_a_pem_from_the_settings_works_like_a_file(tmp_path: Path) -> None:
+    """Flex Consumption has no certificate store: the PEM can come as an app setting (a Key
+    Vault reference resolves to its text) instead of a path."""
+    from guardrails.settings import load_settings
+
+    issued = trustme.CA().issue_cert("guardrails")
+    pem = (issued.private_key_pem.bytes() + issued.cert_chain_pems[0].bytes()).decode()
+    (tmp_path / "policy.yaml").write_text("version: 1\n")
+    env = {
+        "DATAVERSE_URL": "https://contoso.crm.dynamics.com",
+        "AZURE_TENANT_ID": TENANT,
+        "AZURE_CLIENT_ID": CLIENT,
+        "AZURE_CLIENT_CERTIFICATE": pem,
+        "SERVICEBUS_QUEUE": "q",
+        "SERVICEBUS__fullyQualifiedNamespace": "contoso.servicebus.windows.net",
+    }
+    credentials = load_settings(env, app_root=tmp_path).credentials
+    assert credentials.kind == "certificate" and "BEGIN" not in repr(credentials)
+    provider = MsalTokenProvider(credentials, session=new_session())
+    assert provider.kind == "certificate"
+    both = {**env, "AZURE_CLIENT_SECRET": "s"}
+    with pytest.raises(ConfigurationError, match="keep one"):
+        load_settings(both, app_root=tmp_path)
+    not_pem = {**env, "AZURE_CLIENT_CERTIFICATE": "@Microsoft.KeyVault(SecretUri=unresolved)"}
+    with pytest.raises(ConfigurationError, match="must be PEM text"):
+        load_settings(not_pem, app_root=tmp_path)
