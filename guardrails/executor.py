@@ -255,12 +255,17 @@ class Executor:
         )
 
     def _guarded(self, step: Callable[[], T], decision: Decision) -> T | Result:
-        """A step's service errors as outcomes, the way `_run` turns them for an event."""
+        """A step's service errors as outcomes: the one place they become Results."""
         try:
             return step()
         except NotFound as exc:
-            return NothingToDo(decision, f"A row this needs no longer exists: {exc.message}")
+            return NothingToDo(
+                decision, f"A row this needs no longer exists in Dataverse: {exc.message}"
+            )
         except AuthenticationError as exc:
+            # A refused token is configuration (a wrong or expired secret, a missing application
+            # user): waiting here cannot help, a person must act. An unreachable token endpoint
+            # is an outage like any other.
             delay = None if exc.transient else CONFIGURATION_RETRY_DELAY
             return RetryLater(str(exc), delay, decision)
         except ServiceError as exc:
@@ -278,22 +283,7 @@ class Executor:
             return GiveUp(decision.reason, decision)
         if not isinstance(parsed, ExecutionContext) or decision.event is None:
             return NothingToDo(decision, decision.reason)  # not a governed mailbox event
-        try:
-            return self._enforce(parsed, key, message_id, holder)
-        except NotFound as exc:
-            return NothingToDo(
-                decision, f"A row this needs no longer exists in Dataverse: {exc.message}"
-            )
-        except AuthenticationError as exc:
-            # A refused token is configuration (a wrong or expired secret, a missing application
-            # user): waiting here cannot help, a person must act. An unreachable token endpoint
-            # is an outage like any other.
-            delay = None if exc.transient else CONFIGURATION_RETRY_DELAY
-            return RetryLater(str(exc), delay, decision)
-        except ServiceError as exc:
-            if exc.retryable:
-                return RetryLater(str(exc), exc.retry_after, decision)
-            return GiveUp(str(exc), decision)
+        return self._guarded(lambda: self._enforce(parsed, key, message_id, holder), decision)
 
     def _enforce(
         self, context: ExecutionContext, key: str, message_id: str | None, holder: str
