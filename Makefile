@@ -36,10 +36,23 @@ $(IAC_STAMP):
 		checkov==$(CHECKOV_VERSION) azure-functions-doctor==$(AZURE_FUNCTIONS_DOCTOR_VERSION)
 	touch $@
 
+# Chromium for the HTML report's browser tests (tests/report), from the distribution's packages:
+# installed only when no `chromium` is on the PATH and apt-get is there to install it.
+CHROMIUM_STAMP := .tools/.chromium-checked
+$(CHROMIUM_STAMP):
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1; then \
+			apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+		else \
+			echo "note: no chromium and no apt-get; tests/report/test_report_html.py needs one"; \
+		fi; \
+	fi
+	@if command -v chromium >/dev/null 2>&1; then mkdir -p .tools && touch $@; fi
+
 demo: $(STAMP)
 	$(BIN)/guardrails demo
 
-test: $(STAMP) $(AZURITE) $(IAC_STAMP)
+test: $(STAMP) $(AZURITE) $(IAC_STAMP) $(CHROMIUM_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

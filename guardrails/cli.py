@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.set_defaults(handler=_reconcile)
 
     _dlq_parser(commands)
+    from guardrails.report import add_commands as add_report_commands  # argparse only
+
+    add_report_commands(commands, policy_commands)  # `report` and `policy test`
     audit = commands.add_parser(
         "audit",
         help="read the stored audit trail (AzureWebJobsStorage or GUARDRAILS_STORAGE)",
@@ -97,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--outcome", choices=("compliant", "violation", "ignored", "rejected"))
     audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
     audit.set_defaults(handler=_audit)
+    from guardrails.admin.commands import add_commands as add_admin_commands  # argparse only
+
+    add_admin_commands(commands)  # register, unregister, doctor, role
     return parser
 
 

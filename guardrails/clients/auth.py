@@ -15,12 +15,20 @@ from typing import Any, Protocol
 
 import msal
 import requests
+import structlog
 from azure.core.credentials import AccessToken
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from guardrails.clients.auth_fixes import CredentialFix, fix_for
 from guardrails.errors import AuthenticationError, ConfigurationError
 from guardrails.settings import Credentials
+
+_log = structlog.get_logger("guardrails.auth")
+# (client id, AADSTS code) already logged by this process: a refused credential is logged once,
+# with its fix, however many messages then fail on it.
+_reported: set[tuple[str | None, str]] = set()
+_reported_lock = threading.Lock()
 
 
 class TokenProvider(Protocol):
@@ -141,10 +149,31 @@ class MsalTokenProvider:
             details = result if isinstance(result, dict) else {}
             code = details.get("error")
             text = details.get("error_description") or code or "no access token in the response"
+            fix = fix_for(str(text))
+            if fix is not None:
+                self._report(fix, scope)
+                text = f"{text} Fix: {fix.text}"
             raise AuthenticationError(
                 f"no token for {scope} ({self.kind}): {text}", code=str(code) if code else None
             )
         return str(result["access_token"])
+
+    def _report(self, fix: CredentialFix, scope: str) -> None:
+        """Log a refused credential once per process (per app and code), with its fix."""
+        key = (self._credentials.client_id, fix.code)
+        with _reported_lock:
+            if key in _reported:
+                return
+            _reported.add(key)
+        _log.error(
+            "guardrails.credentials_refused",
+            aadsts=f"AADSTS{fix.code}",
+            setting=fix.setting,
+            fix=fix.text,
+            scope=scope,
+            credential=self.kind,
+            client_id=self._credentials.client_id,
+        )
 
 
 class TokenProviderCredential:

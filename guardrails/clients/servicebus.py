@@ -265,6 +265,16 @@ class QueueClient:
         except AzureError as exc:
             raise _typed(exc, f"reading the dead-letter queue of '{self.queue}'") from exc
 
+    def check(self) -> int:
+        """Peek at the queue (nothing is locked, received or removed): proves the namespace
+        answers, the queue exists and the connection may read it. Returns how many messages
+        the peek saw (0 or 1)."""
+        try:
+            with self._open().get_queue_receiver(self._settings.queue) as receiver:
+                return len(receiver.peek_messages(max_message_count=1))
+        except AzureError as exc:
+            raise _typed(exc, f"peeking at queue '{self.queue}'") from exc
+
     def take_dead_letters(
         self, wanted: Callable[[DeadLetter], bool], *, max_wait: float = 2.0
     ) -> Iterator[DeadLetter]:

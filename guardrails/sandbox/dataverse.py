@@ -246,6 +246,7 @@ _MAILBOX = _table(
     _lookup("ownerid", "ownerid", "systemusers", "teams"),
     _lookup("createdby", "createdby", "systemusers"),
     _lookup("modifiedby", "modifiedby", "systemusers"),
+    _lookup("owningbusinessunit", "owningbusinessunit", "businessunits"),
 )
 _USER = _table(
     "systemusers",
@@ -344,10 +345,138 @@ _TEAM = _table(
     _lookup("administratorid", "administratorid", "systemusers"),
     _lookup("businessunitid", "businessunitid", "businessunits"),
 )
+# Registration tables (what the Plug-in Registration Tool writes), with the platform's values.
+_SERVICE_ENDPOINT = _table(
+    "serviceendpoints",
+    "serviceendpoint",
+    "serviceendpointid",
+    "name",
+    _Column("name", "string", True, max_length=256),
+    _Column("description", "string", True, max_length=2000),
+    _Column(
+        "contract",
+        "choice",
+        True,
+        {
+            1: "OneWay",
+            2: "Queue",
+            3: "Rest",
+            4: "TwoWay",
+            5: "Topic",
+            6: "Queue_Persistent",
+            7: "EventHub",
+            8: "Webhook",
+            9: "EventGrid",
+        },
+    ),
+    _Column("connectionmode", "choice", True, {1: "Normal", 2: "Federated"}),
+    _Column(
+        "authtype",
+        "choice",
+        True,
+        {
+            1: "ACS",
+            2: "SASKey",
+            3: "SASToken",
+            4: "WebhookKey",
+            5: "HttpHeader",
+            6: "HttpQueryString",
+            7: "ConnectionString",
+            8: "AccessKey",
+            9: "ManagedIdentity",
+        },
+    ),
+    _Column("namespaceaddress", "string", True, max_length=2000),
+    _Column("namespaceformat", "choice", True, {1: "Namespace Name", 2: "Namespace Address"}),
+    _Column("path", "string", True, max_length=160),
+    _Column("saskeyname", "string", True, max_length=256),
+    _Column("saskey", "string", True, max_length=256),  # write-only: never returned
+    _Column("messageformat", "choice", True, {1: "Binary XML", 2: "Json", 3: "Text XML"}),
+    _Column("userclaim", "choice", True, {1: "None", 2: "UserId", 3: "UserInfo"}),
+)
+_SDK_MESSAGE = _table(
+    "sdkmessages", "sdkmessage", "sdkmessageid", "name", _Column("name", "string")
+)
+_SDK_MESSAGE_FILTER = _table(
+    "sdkmessagefilters",
+    "sdkmessagefilter",
+    "sdkmessagefilterid",
+    "name",
+    _Column("name", "string"),
+    _Column("primaryobjecttypecode", "string"),
+    _Column("secondaryobjecttypecode", "string"),
+    _Column("iscustomprocessingstepallowed", "bool"),
+    _lookup("sdkmessageid", "sdkmessageid", "sdkmessages"),
+)
+_STEP = _table(
+    "sdkmessageprocessingsteps",
+    "sdkmessageprocessingstep",
+    "sdkmessageprocessingstepid",
+    "name",
+    _Column("name", "string", True, max_length=256),
+    _Column("description", "string", True, max_length=256),
+    _Column("mode", "choice", True, {0: "Synchronous", 1: "Asynchronous"}),
+    _Column(
+        "stage", "choice", True, {10: "Pre-validation", 20: "Pre-operation", 40: "Post-operation"}
+    ),
+    _Column("rank", "int", True),
+    _Column(
+        "supporteddeployment",
+        "choice",
+        True,
+        {0: "Server Only", 1: "Microsoft Dynamics 365 Client for Outlook Only", 2: "Both"},
+    ),
+    _Column("asyncautodelete", "bool", True),
+    _Column("filteringattributes", "string", True, max_length=100_000),
+    _Column("statecode", "choice", True, {0: "Enabled", 1: "Disabled"}),
+    _Column("statuscode", "choice", True, {1: "Enabled", 2: "Disabled"}),
+    _lookup("eventhandler", "eventhandler_serviceendpoint", "serviceendpoints", writable=True),
+    _lookup("sdkmessageid", "sdkmessageid", "sdkmessages", writable=True),
+    _lookup("sdkmessagefilterid", "sdkmessagefilterid", "sdkmessagefilters", writable=True),
+)
+_STEP_IMAGE = _table(
+    "sdkmessageprocessingstepimages",
+    "sdkmessageprocessingstepimage",
+    "sdkmessageprocessingstepimageid",
+    "name",
+    _Column("name", "string", True, max_length=256),
+    _Column("description", "string", True, max_length=256),
+    _Column("entityalias", "string", True, max_length=256),
+    _Column("imagetype", "choice", True, {0: "PreImage", 1: "PostImage", 2: "Both"}),
+    _Column("messagepropertyname", "string", True, max_length=256),
+    _Column("attributes", "string", True, max_length=100_000),
+    _lookup(
+        "sdkmessageprocessingstepid",
+        "sdkmessageprocessingstepid",
+        "sdkmessageprocessingsteps",
+        writable=True,
+    ),
+)
+_PRIVILEGE = _table(
+    "privileges",
+    "privilege",
+    "privilegeid",
+    "name",
+    _Column("name", "string"),
+    _Column("accessright", "int"),
+    _Column("canbebasic", "bool"),
+    _Column("canbelocal", "bool"),
+    _Column("canbedeep", "bool"),
+    _Column("canbeglobal", "bool"),
+)
+_REGISTRATION_TABLES = (
+    _SERVICE_ENDPOINT,
+    _SDK_MESSAGE,
+    _SDK_MESSAGE_FILTER,
+    _STEP,
+    _STEP_IMAGE,
+    _PRIVILEGE,
+)
 _TABLES = {
     t.entity_set: t
     for t in (_MAILBOX, _USER, _QUEUE, _TEAM, _ROLE, _ORGANIZATION, _PROFILE, _BUSINESS_UNIT)
 }
+_TABLES.update({t.entity_set: t for t in _REGISTRATION_TABLES})
 _LOGICAL_TO_SET = {t.logical_name: t.entity_set for t in _TABLES.values()}
 _SET_TO_LOGICAL = {t.entity_set: t.logical_name for t in _TABLES.values()}
 _ASSOCIATED_NAVIGATION = {
@@ -537,7 +666,9 @@ _PREFERENCE = re.compile(r'\s*([A-Za-z][\w.\-]*)\s*(?:=\s*("(?:[^"]*)"|[^,;\s]*)
 
 def _preferences(header: str | None) -> dict[str, str]:
     found: dict[str, str] = {}
-    for part in (header or "").split(","):
+    # Commas inside a quoted value do not separate preferences (RFC 7240), as in
+    # odata.include-annotations="Microsoft.Dynamics.CRM.lookuplogicalname,OData.Community...".
+    for part in re.findall(r'(?:[^,"]|"[^"]*")+', header or ""):
         match = _PREFERENCE.match(part)
         if match:
             found[match.group(1).lower()] = (match.group(2) or "").strip('"')
@@ -901,6 +1032,7 @@ class DataverseSimulator(SandboxServer):
                 "_defaultemailserverprofileid_value": self._default_profile_id,
             },
         )
+        self._init_registration()
         super().__init__(tls, latency=latency)
 
     # -- organization -------------------------------------------------------------------------
@@ -1162,6 +1294,9 @@ class DataverseSimulator(SandboxServer):
                 default_name = regarding["name"]
             profile = (emailserverprofile or self.default_email_server_profile_id).lower()
             self._require("emailserverprofiles", profile)
+            # A row's business unit is its owner's (a user's, or an owner team's).
+            owner_row = self._rows[_LOGICAL_TO_SET[owner_type]][owner_id]
+            owning_unit = owner_row["_businessunitid_value"]
             mailbox_id = self._insert(
                 _MAILBOX,
                 mailboxid,
@@ -1181,6 +1316,8 @@ class DataverseSimulator(SandboxServer):
                     _annotation("_regardingobjectid_value"): regarding_type,
                     "_ownerid_value": owner_id,
                     _annotation("_ownerid_value"): owner_type,
+                    "_owningbusinessunit_value": owning_unit,
+                    _annotation("_owningbusinessunit_value"): "businessunit",
                 },
             )
             regarding["_defaultmailbox_value"] = mailbox_id
@@ -1263,6 +1400,8 @@ class DataverseSimulator(SandboxServer):
                     _annotation("_createdby_value"): "systemuser",
                     "_modifiedby_value": system,
                     _annotation("_modifiedby_value"): "systemuser",
+                    "_owningbusinessunit_value": self._business_unit_id,
+                    _annotation("_owningbusinessunit_value"): "businessunit",
                 }
             )
             users = self._rows["systemusers"]
@@ -1291,6 +1430,21 @@ class DataverseSimulator(SandboxServer):
                 mailboxes[mailbox_id] = mailbox
                 created.append((user_id, mailbox_id))
         return created
+
+    def add_business_unit(self, name: str, businessunitid: str | None = None) -> str:
+        """Create a business unit (under the organization's root one); returns its id."""
+        return self._insert(_BUSINESS_UNIT, businessunitid, {"name": name})
+
+    def move_user_to_business_unit(self, user_id: str, business_unit_id: str) -> None:
+        """Move a user to another business unit; the mailboxes they own move with them, as
+        the records a user owns do in Dataverse (their ``owningbusinessunit`` follows)."""
+        with self._state:
+            unit = str(self._require("businessunits", business_unit_id)["businessunitid"])
+            user = str(self._require("systemusers", user_id)["systemuserid"])
+            self._touch(_USER, user, {"_businessunitid_value": unit})
+            for row in self._rows["mailboxes"].values():
+                if row["_ownerid_value"] == user:
+                    row["_owningbusinessunit_value"] = unit
 
     def mailbox(self, mailbox_id: str) -> dict[str, Any]:
         """A copy of the current mailbox row (``KeyError`` if it does not exist)."""
@@ -1422,6 +1576,453 @@ class DataverseSimulator(SandboxServer):
         protection = self._protection
         return protection.execution_in_window(user_id.lower()) if protection is not None else 0.0
 
+    # -- registration tables and privileges ---------------------------------------------------
+
+    # Which contract Dataverse keeps for a queue endpoint is unconfirmed (6, the Plug-in
+    # Registration Tool's, or the legacy 2): when set, a service endpoint written with either is
+    # stored with this value, so tests can run both ways.
+    queue_contract_readback: int | None = None
+
+    def _init_registration(self) -> None:
+        """Seed the privilege catalog, the SDK messages and their filters (called by __init__)."""
+        self._sas_keys: dict[str, str] = {}
+        self._role_privileges: dict[str, dict[str, int]] = {}
+        self._privilege_ids: dict[str, str] = {}
+        for name, right, scoped in _privilege_catalog():
+            self._privilege_ids[name] = self._insert(
+                _PRIVILEGE,
+                None,
+                {
+                    "name": name,
+                    "accessright": right,
+                    "canbebasic": scoped,
+                    "canbelocal": scoped,
+                    "canbedeep": scoped,
+                    "canbeglobal": True,
+                },
+            )
+        self._privilege_names = {pid: name for name, pid in self._privilege_ids.items()}
+        self._message_ids: dict[str, str] = {}
+        self._filter_ids: dict[tuple[str, str], str] = {}
+        for message in _SEEDED_MESSAGES:
+            message_id = self._insert(_SDK_MESSAGE, None, {"name": message})
+            self._message_ids[message] = message_id
+            for entity in _SEEDED_FILTER_ENTITIES:
+                self._filter_ids[(message, entity)] = self._insert(
+                    _SDK_MESSAGE_FILTER,
+                    None,
+                    {
+                        "name": f"{message} of {entity}",
+                        "primaryobjecttypecode": entity,
+                        "secondaryobjecttypecode": "none",
+                        "iscustomprocessingstepallowed": True,
+                        "_sdkmessageid_value": message_id,
+                        _annotation("_sdkmessageid_value"): "sdkmessage",
+                    },
+                )
+
+    def sdk_message_id(self, message: str) -> str:
+        """The ``sdkmessageid`` of a seeded message (``Create``, ``Update``, ``Delete``)."""
+        return self._message_ids[message]
+
+    def sdk_message_filter_id(self, message: str, entity: str = "mailbox") -> str:
+        """The ``sdkmessagefilterid`` of a seeded message on a table."""
+        return self._filter_ids[(message, entity)]
+
+    def privilege_names(self) -> list[str]:
+        """Every privilege in the organization's catalog (``prvReadMailbox``, ...)."""
+        return sorted(self._privilege_ids)
+
+    def set_role_privileges(self, role: str, privileges: Mapping[str, str]) -> str:
+        """Give a role (created if needed) exactly these privileges, name -> depth (``Basic``,
+        ``Local``, ``Deep`` or ``Global``); returns the role's id."""
+        depths = {name: _depth_value(depth) for name, depth in privileges.items()}
+        for name in depths:
+            if name not in self._privilege_ids:
+                raise KeyError(f"no privilege named {name}")
+        with self._state:
+            role_id = self.add_role(role)
+            self._role_privileges[role_id] = depths
+            return role_id
+
+    def role_privileges(self, role: str) -> dict[str, str]:
+        """A role's privileges, name -> depth."""
+        with self._state:
+            return _depth_names(self._privileges_of_role(self._role_id(role)))
+
+    def revoke_privilege(self, role: str, privilege: str) -> None:
+        """Take one privilege away from a role (as an admin in the role editor would)."""
+        with self._state:
+            role_id = self._role_id(role)
+            held = dict(self._privileges_of_role(role_id))
+            held.pop(privilege, None)
+            self._role_privileges[role_id] = held
+
+    def user_privileges(self, user_id: str) -> dict[str, str]:
+        """What RetrieveUserPrivileges reports: each privilege at the deepest depth any of the
+        user's roles grants it, name -> depth."""
+        with self._state:
+            self._require("systemusers", user_id)
+            return _depth_names({n: d for n, (d, _) in self._user_depths(user_id).items()})
+
+    def rows(self, entity_set: str) -> list[dict[str, Any]]:
+        """Copies of a table's rows, oldest first (``saskey`` is never among the values)."""
+        with self._state:
+            return [dict(row) for row in self._rows[entity_set].values()]
+
+    def service_endpoint_key(self, endpoint_id: str) -> str | None:
+        """The SAS key last written to a service endpoint (the Web API never returns it)."""
+        with self._state:
+            return self._sas_keys.get(endpoint_id.lower())
+
+    def create_row(self, entity_set: str, body: Mapping[str, Any]) -> str:
+        """Create a registration row as an administrator would in the Plug-in Registration Tool
+        (Web API body format, same checks, no privilege check); returns its id."""
+        return self._write_registration(_TABLES[entity_set], None, body)
+
+    def update_row(self, entity_set: str, row_id: str, body: Mapping[str, Any]) -> None:
+        """Change a registration row in place (the same checks as a PATCH)."""
+        self._write_registration(_TABLES[entity_set], row_id.lower(), body)
+
+    def delete_row(self, entity_set: str, row_id: str) -> None:
+        """Delete a registration row (the same rules as a DELETE)."""
+        self._delete_registration(_TABLES[entity_set], row_id.lower())
+
+    def _role_id(self, name: str) -> str:
+        for role in self._rows["roles"].values():
+            if str(role["name"]).lower() == name.lower():
+                return str(role["roleid"])
+        raise KeyError(f"no role named {name}")
+
+    def _privileges_of_role(self, role_id: str) -> dict[str, int]:
+        explicit = self._role_privileges.get(role_id)
+        if explicit is not None:
+            return explicit
+        name = str(self._rows["roles"][role_id]["name"])
+        if name.lower() == SYSTEM_ADMINISTRATOR.lower():
+            return dict.fromkeys(self._privilege_ids, 3)  # every privilege, organization-wide
+        return {}
+
+    def _user_depths(self, user_id: str) -> dict[str, tuple[int, str]]:
+        """Privilege -> (deepest depth, the granting role's business unit)."""
+        found: dict[str, tuple[int, str]] = {}
+        for role_id in sorted(self._user_roles.get(user_id.lower(), ())):
+            unit = str(self._rows["roles"][role_id].get("_businessunitid_value") or "")
+            for name, depth in self._privileges_of_role(role_id).items():
+                if name not in found or depth > found[name][0]:
+                    found[name] = (depth, unit or self._business_unit_id)
+        return found
+
+    def _require_privilege(self, user_id: str, privilege: str, table: _Table) -> None:
+        with self._state:
+            held = privilege in self._user_depths(user_id)
+        if not held:
+            raise DataverseError(
+                403,
+                "0x80040220",
+                f"Principal user (Id={user_id}, type=8) is missing {privilege} privilege on "
+                f"entity '{table.logical_name}'.",
+            )
+
+    def _registration_route(
+        self,
+        request: Request,
+        user_id: str,
+        table: _Table,
+        key: str | None,
+        segments: list[str],
+    ) -> Response | None:
+        """Registration tables, roles' privileges and RetrieveUserPrivileges; None: not ours."""
+        if len(segments) == 2 and key is not None and segments[1].startswith(_CRM_NAMESPACE):
+            return self._bound_operation(request, user_id, table, _parse_key(key), segments[1])
+        if len(segments) != 1:
+            return None
+        if key is None and request.method == "POST":
+            if table is _ROLE:
+                return self._post_role(request, user_id)
+            if table.entity_set in _CREATABLE:
+                self._require_privilege(user_id, f"prvCreate{_CREATABLE[table.entity_set]}", table)
+                row_id = self._write_registration(table, None, _body_object(request, table))
+                return self._created(request, table, row_id)
+            return None
+        guarded = _GUARDED.get(table.entity_set)
+        if guarded is None:
+            return None
+        if request.method == "GET":
+            self._require_privilege(user_id, f"prvRead{guarded}", table)
+            return None  # answered by the ordinary read
+        if key is None or table.entity_set not in _CREATABLE:
+            return None
+        row_id = _parse_key(key)
+        if request.method == "PATCH":
+            self._require_privilege(user_id, f"prvWrite{guarded}", table)
+            self._write_registration(table, row_id, _body_object(request, table))
+            return Response(
+                204, b"", {"OData-EntityId": f"{self.api_url}/{table.entity_set}({row_id})"}
+            )
+        if request.method == "DELETE":
+            self._require_privilege(user_id, f"prvDelete{guarded}", table)
+            self._delete_registration(table, row_id)
+            return Response(204, b"", {})
+        return None
+
+    def _created(self, request: Request, table: _Table, row_id: str) -> Response:
+        headers = {"OData-EntityId": f"{self.api_url}/{table.entity_set}({row_id})"}
+        prefer = _preferences(request.header("prefer"))
+        if prefer.get("return") != "representation":
+            return Response(204, b"", headers)
+        annotations = _Annotations(prefer.get("odata.include-annotations"))
+        with self._state:
+            row = dict(self._require(table.entity_set, row_id))
+            body = self._serialize(table, row, None, annotations)
+        headers["Preference-Applied"] = "return=representation"
+        context = f"{self.api_url}/$metadata#{table.entity_set}/$entity"
+        return self._odata(201, {"@odata.context": context, **body}, headers)
+
+    def _registration_changes(self, table: _Table, body: Mapping[str, Any]) -> dict[str, Any]:
+        changes: dict[str, Any] = {}
+        for name, value in body.items():
+            if name.startswith("@"):
+                continue
+            if name.endswith("@odata.bind"):
+                nav = name[: -len("@odata.bind")]
+                column = table.navigation(nav)
+                if column is None or not column.writable:
+                    raise _entity_payload_error(
+                        table, f"'{nav}' is not a navigation property that can be set here."
+                    )
+                target = self._resolve_bind(column, value)
+                changes[column.name] = target
+                changes[_annotation(column.name)] = (
+                    _SET_TO_LOGICAL[column.targets[0]] if target else None
+                )
+                continue
+            column = table.columns.get(name)
+            if column is None or column.kind == "lookup":
+                raise _entity_payload_error(
+                    table,
+                    f"The property '{name}' does not exist on type "
+                    f"'Microsoft.Dynamics.CRM.{table.logical_name}' or cannot be set directly.",
+                )
+            if not column.writable:
+                raise DataverseError(
+                    400,
+                    "0x80040203",
+                    f"The column '{name}' of '{table.logical_name}' is not valid for update "
+                    "(it is read-only).",
+                )
+            if column.kind == "int":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise _entity_payload_error(
+                        table, f"Cannot convert the literal '{value}' to 'Edm.Int32' ('{name}')."
+                    )
+                changes[name] = value
+            else:
+                changes[name] = _coerce(table, column, value)
+        return changes
+
+    def _write_registration(
+        self, table: _Table, row_id: str | None, body: Mapping[str, Any]
+    ) -> str:
+        """Create (``row_id`` None) or update one registration row; returns its id."""
+        if getattr(self._local, "changeset", None) is not None:
+            raise DataverseError(
+                400,
+                "0x80060888",
+                "The Dataverse sandbox does not support registration writes in a change set.",
+            )
+        changes = self._registration_changes(table, body)
+        key = changes.pop("saskey", None) if table is _SERVICE_ENDPOINT else None
+        if table is _SERVICE_ENDPOINT:
+            readback = self.queue_contract_readback
+            if readback is not None and changes.get("contract") in (2, 6):
+                changes["contract"] = readback
+        with self._state:
+            if row_id is None:
+                values = {**_REGISTRATION_DEFAULTS.get(table.entity_set, {}), **changes}
+                missing = [
+                    name
+                    for name in _REGISTRATION_REQUIRED[table.entity_set]
+                    if values.get(name) is None
+                ]
+                if missing:
+                    readable = [table.columns[m].navigation or m for m in missing]
+                    raise DataverseError(
+                        400,
+                        "0x80040203",
+                        f"Required field(s) missing to create a {table.logical_name}: "
+                        f"{', '.join(readable)}.",
+                    )
+                candidate = {**dict.fromkeys(table.columns), **values}
+                self._validate_registration(table, candidate)
+                row_id = self._insert(table, None, values)
+            else:
+                row = self._require(table.entity_set, row_id)
+                self._validate_registration(table, {**row, **changes})
+                self._touch(table, row_id, changes)
+            if key is not None:
+                self._sas_keys[row_id] = str(key)
+            return row_id
+
+    def _validate_registration(self, table: _Table, row: Row) -> None:
+        """The platform's checks on a step or an image, on the row as it would be stored."""
+        if table is _STEP:
+            message_id = row.get("_sdkmessageid_value")
+            filter_id = row.get("_sdkmessagefilterid_value")
+            entity = None
+            if filter_id:
+                found = self._rows["sdkmessagefilters"][filter_id]
+                if found["_sdkmessageid_value"] != message_id:
+                    raise DataverseError(
+                        400,
+                        "0x80040203",
+                        f"The message filter {filter_id} belongs to another message than the "
+                        f"step's message {message_id}.",
+                    )
+                entity = str(found["primaryobjecttypecode"])
+            if entity and row.get("filteringattributes"):
+                _check_attributes(entity, str(row["filteringattributes"]), "filteringattributes")
+        elif table is _STEP_IMAGE:
+            step = self._rows["sdkmessageprocessingsteps"][row["_sdkmessageprocessingstepid_value"]]
+            message = self._rows["sdkmessages"][step["_sdkmessageid_value"]]["name"]
+            if row.get("imagetype") in (0, 2) and message == "Create":
+                raise DataverseError(
+                    400,
+                    "0x80040203",
+                    "A pre image cannot be registered on a step for the Create message: there "
+                    "is no row before it.",
+                )
+            if row.get("imagetype") in (1, 2) and step.get("stage") != 40:
+                raise DataverseError(
+                    400, "0x80040203", "A post image needs a post-operation (stage 40) step."
+                )
+            filter_id = step.get("_sdkmessagefilterid_value")
+            if filter_id and row.get("attributes"):
+                entity = str(self._rows["sdkmessagefilters"][filter_id]["primaryobjecttypecode"])
+                _check_attributes(entity, str(row["attributes"]), "attributes")
+
+    def _delete_registration(self, table: _Table, row_id: str) -> None:
+        with self._state:
+            self._require(table.entity_set, row_id)
+            if table is _SERVICE_ENDPOINT:
+                users = [
+                    step_id
+                    for step_id, step in self._rows["sdkmessageprocessingsteps"].items()
+                    if step["_eventhandler_value"] == row_id
+                ]
+                if users:
+                    # The sandbox's model: an event handler in use is kept (delete its steps).
+                    raise DataverseError(
+                        400,
+                        "",
+                        f"The service endpoint {row_id} is the event handler of step(s) "
+                        f"{', '.join(users)}; delete them first.",
+                    )
+                self._sas_keys.pop(row_id, None)
+            if table is _STEP:  # images are the step's children: they go with it
+                images = self._rows["sdkmessageprocessingstepimages"]
+                for image_id in [
+                    i for i, r in images.items() if r["_sdkmessageprocessingstepid_value"] == row_id
+                ]:
+                    del images[image_id]
+            del self._rows[table.entity_set][row_id]
+
+    def _post_role(self, request: Request, user_id: str) -> Response:
+        self._require_privilege(user_id, "prvCreateRole", _ROLE)
+        body = _body_object(request, _ROLE)
+        unknown = sorted(set(body) - {"name", "businessunitid@odata.bind"})
+        if unknown:
+            raise _entity_payload_error(_ROLE, f"The property '{unknown[0]}' cannot be set here.")
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise DataverseError(400, "0x80040203", "Required field(s) missing: name.")
+        unit = self._business_unit_id
+        bind = body.get("businessunitid@odata.bind")
+        if bind is not None:
+            match = _BIND.search(urlsplit(bind).path) if isinstance(bind, str) else None
+            if match is None or match.group("set") != "businessunits":
+                raise _entity_payload_error(_ROLE, "businessunitid must bind to a businessunit.")
+            unit = match.group("key").lower()
+        with self._state:
+            self._require("businessunits", unit)
+            for role in self._rows["roles"].values():
+                same_unit = role.get("_businessunitid_value") in (unit, None)
+                if str(role["name"]).lower() == name.lower() and same_unit:
+                    raise DataverseError(
+                        412, "0x80040237", "A record with matching key values already exists."
+                    )
+            role_id = self._insert(
+                _ROLE,
+                None,
+                {
+                    "name": name,
+                    "_businessunitid_value": unit,
+                    _annotation("_businessunitid_value"): "businessunit",
+                },
+            )
+        return self._created(request, _ROLE, role_id)
+
+    def _bound_operation(
+        self, request: Request, user_id: str, table: _Table, row_id: str, segment: str
+    ) -> Response:
+        name = segment[len(_CRM_NAMESPACE) :].removesuffix("()")
+        context = f"{self.api_url}/$metadata#Microsoft.Dynamics.CRM.{name}Response"
+        if table is _USER and name == "RetrieveUserPrivileges":
+            _require_method(request, "GET")
+            self._require_privilege(user_id, "prvReadUser", table)
+            with self._state:
+                self._require("systemusers", row_id)
+                held = self._user_depths(row_id)
+            return self._odata(
+                200, {"@odata.context": context, "RolePrivileges": self._entries(held)}
+            )
+        if table is _ROLE and name == "RetrieveRolePrivilegesRole":
+            _require_method(request, "GET")
+            self._require_privilege(user_id, "prvReadRole", table)
+            with self._state:
+                role = self._require("roles", row_id)
+                unit = str(role.get("_businessunitid_value") or self._business_unit_id)
+                held = {n: (d, unit) for n, d in self._privileges_of_role(row_id).items()}
+            return self._odata(
+                200, {"@odata.context": context, "RolePrivileges": self._entries(held)}
+            )
+        if table is _ROLE and name == "AddPrivilegesRole":
+            _require_method(request, "POST")
+            self._require_privilege(user_id, "prvWriteRole", table)
+            entries = _body_object(request, _ROLE).get("Privileges")
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise _entity_payload_error(_ROLE, "Privileges must be a list of RolePrivilege.")
+            with self._state:
+                self._require("roles", row_id)
+                granted = dict(self._privileges_of_role(row_id))
+                for entry in entries:
+                    privilege_id = str(entry.get("PrivilegeId", "")).lower()
+                    privilege = self._privilege_names.get(privilege_id)
+                    if privilege is None:
+                        raise DataverseError(
+                            404,
+                            "0x80040217",
+                            f"privilege With Id = {privilege_id} Does Not Exist",
+                        )
+                    try:
+                        granted[privilege] = _depth_value(entry.get("Depth"))
+                    except ValueError as exc:
+                        raise _entity_payload_error(_ROLE, str(exc)) from exc
+                self._role_privileges[row_id] = granted
+            return Response(204, b"", {})
+        raise _not_found(segment)
+
+    def _entries(self, held: Mapping[str, tuple[int, str]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "Depth": _DEPTHS[depth],
+                "PrivilegeId": self._privilege_ids[name],
+                "BusinessUnitId": unit,
+                "PrivilegeName": name,
+            }
+            for name, (depth, unit) in sorted(held.items())
+        ]
+
     # -- HTTP ---------------------------------------------------------------------------------
 
     def common_headers(self, request: Request) -> dict[str, str]:
@@ -1507,6 +2108,9 @@ class DataverseSimulator(SandboxServer):
         table = _TABLES.get(name)
         if table is None:
             raise _not_found(segments[0])
+        registration = self._registration_route(request, user_id, table, key, segments)
+        if registration is not None:
+            return registration
         if key is None:
             if len(segments) > 1:
                 raise _not_found(segments[1])
@@ -2178,3 +2782,141 @@ def _coerce(table: _Table, column: _Column, value: object) -> object:
             )
         return value
     raise _read_only(column.name)
+
+
+# -- registration and privilege helpers -----------------------------------------------------------
+
+_CRM_NAMESPACE = "Microsoft.Dynamics.CRM."
+_DEPTHS = ("Basic", "Local", "Deep", "Global")  # PrivilegeDepth 0..3
+_SEEDED_MESSAGES = ("Create", "Update", "Delete")
+_SEEDED_FILTER_ENTITIES = ("mailbox", "systemuser", "queue")
+# Entity set -> the entity's name in its privileges (prvRead<name>): reads need them too.
+_GUARDED = {
+    "serviceendpoints": "ServiceEndpoint",
+    "sdkmessageprocessingsteps": "SdkMessageProcessingStep",
+    "sdkmessageprocessingstepimages": "SdkMessageProcessingStepImage",
+    "sdkmessages": "SdkMessage",
+    "sdkmessagefilters": "SdkMessageFilter",
+}
+_CREATABLE = {
+    name: _GUARDED[name]
+    for name in ("serviceendpoints", "sdkmessageprocessingsteps", "sdkmessageprocessingstepimages")
+}
+_REGISTRATION_REQUIRED = {
+    "serviceendpoints": ("name", "contract"),
+    "sdkmessageprocessingsteps": (
+        "name",
+        "mode",
+        "stage",
+        "_sdkmessageid_value",
+        "_eventhandler_value",
+    ),
+    "sdkmessageprocessingstepimages": (
+        "name",
+        "entityalias",
+        "imagetype",
+        "messagepropertyname",
+        "_sdkmessageprocessingstepid_value",
+    ),
+}
+# What the platform fills in when a create leaves a column out (Binary XML is the default format).
+_REGISTRATION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "serviceendpoints": {"connectionmode": 1, "messageformat": 1, "userclaim": 1},
+    "sdkmessageprocessingsteps": {
+        "rank": 1,
+        "supporteddeployment": 0,
+        "asyncautodelete": False,
+        "statecode": 0,
+        "statuscode": 1,
+    },
+}
+_ACCESS_RIGHTS = {
+    "Read": 1,
+    "Write": 2,
+    "Append": 4,
+    "AppendTo": 16,
+    "Create": 32,
+    "Delete": 65536,
+    "Share": 262144,
+    "Assign": 524288,
+}
+_ALL_RIGHTS = tuple(_ACCESS_RIGHTS)
+_BU_RIGHTS = ("Create", "Read", "Write", "Delete", "Append", "AppendTo")
+_ORG_RIGHTS = ("Create", "Read", "Write", "Delete")
+# (entity name in privilege names, access rights, owned below the organization: Basic..Deep too)
+_PRIVILEGE_ENTITIES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("Mailbox", _ALL_RIGHTS, True),
+    ("Queue", _ALL_RIGHTS, True),
+    ("EmailServerProfile", _ALL_RIGHTS, True),
+    ("User", ("Create", "Read", "Write", "Append", "AppendTo"), True),
+    ("Role", _BU_RIGHTS, True),
+    ("Team", _BU_RIGHTS, True),
+    ("BusinessUnit", _BU_RIGHTS, True),
+    ("Organization", ("Read", "Write"), False),
+    ("ServiceEndpoint", _ORG_RIGHTS, False),
+    ("SdkMessageProcessingStep", _ORG_RIGHTS, False),
+    ("SdkMessageProcessingStepImage", _ORG_RIGHTS, False),
+    ("SdkMessage", ("Read",), False),
+    ("SdkMessageFilter", ("Read",), False),
+)
+# Miscellaneous privileges (organization-wide only).
+_MISC_PRIVILEGES = ("prvApproveRejectEmailAddress",)
+
+
+def _privilege_catalog() -> list[tuple[str, int, bool]]:
+    """(name, access right, depth below Global possible) for every seeded privilege."""
+    catalog = [
+        (f"prv{right}{entity}", _ACCESS_RIGHTS[right], scoped)
+        for entity, rights, scoped in _PRIVILEGE_ENTITIES
+        for right in rights
+    ]
+    catalog.extend((name, 0, False) for name in _MISC_PRIVILEGES)
+    return catalog
+
+
+def _depth_value(depth: object) -> int:
+    """A PrivilegeDepth as the Web API carries it (its name, or its number) -> 0..3."""
+    if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth < len(_DEPTHS):
+        return depth
+    if isinstance(depth, str):
+        for index, name in enumerate(_DEPTHS):
+            if depth.strip().lower() == name.lower() or depth.strip() == str(index):
+                return index
+    raise ValueError(f"{depth!r} is not a privilege depth (Basic, Local, Deep or Global)")
+
+
+def _depth_names(depths: Mapping[str, int]) -> dict[str, str]:
+    return {name: _DEPTHS[depth] for name, depth in sorted(depths.items())}
+
+
+def _body_object(request: Request, table: _Table) -> dict[str, Any]:
+    if request.body.strip() and request.json is None:
+        raise _entity_payload_error(table, "The request body is not valid JSON.")
+    body = request.json if request.body.strip() else {}
+    if not isinstance(body, dict):
+        raise _entity_payload_error(table, "The request body must be a JSON object.")
+    return body
+
+
+def _entity_payload_error(table: _Table, detail: str) -> DataverseError:
+    return DataverseError(
+        400,
+        "0x80048d19",
+        f"Error identified in Payload provided by the user for Entity :'{table.entity_set}', "
+        f"InnerException : Microsoft.OData.ODataException: {detail}",
+    )
+
+
+def _check_attributes(entity: str, text: str, what: str) -> None:
+    """Every name in a comma-separated column list is a column of the table (logical names)."""
+    table = _TABLES.get(_LOGICAL_TO_SET.get(entity, ""))
+    if table is None:
+        return
+    for name in text.split(","):
+        name = name.strip()
+        if name not in table.columns and f"_{name}_value" not in table.columns:
+            raise DataverseError(
+                400,
+                "0x80040203",
+                f"'{name}' in {what} is not a column of the '{entity}' table.",
+            )

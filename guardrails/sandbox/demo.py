@@ -145,7 +145,31 @@ def run_demo(out: TextIO) -> int:
             worker = build_worker(
                 load_settings(), store=TableStore.in_memory(), scheduler=None, audit=audit.append
             )
-            return _play(_Story(sandbox, worker, audit, out))
+            story = _Story(sandbox, worker, audit, out)
+            played = _play(story)
+            return max(played, _check_deployment(story, policy))
+
+
+def _check_deployment(story: _Story, policy: Path) -> int:
+    """`guardrails register` (as an administrator), then `guardrails doctor` (as the app)."""
+    from guardrails.admin.commands import render
+    from guardrails.admin.doctor import run_doctor
+
+    say = story.say
+    say()
+    say("Setting up and checking the deployment from the command line:")
+    plan = story.sandbox.register_integration(policy)
+    say("  guardrails register: " + ", ".join(f"{c.action.value} {c.kind}" for c in plan.changes))
+    again = story.sandbox.register_integration(policy)
+    say(f"  guardrails register, again: {len(again.writes)} change(s)")
+    story.expect(not again.writes, "a second register writes nothing")
+    # The demo keeps its state in memory and has no queue: those two checks cannot run here.
+    say("  guardrails doctor --skip servicebus --skip storage:")
+    checks = run_doctor(skip=("servicebus", "storage"))
+    render(checks, ("result", "check", "detail", "fix"), "table", lambda line: say("    " + line))
+    for check in checks:
+        story.expect(check.ok, f"doctor: {check.name} passes ({check.detail})")
+    return 1 if story.failures else 0
 
 
 def _play(story: _Story) -> int:

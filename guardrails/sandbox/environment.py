@@ -14,13 +14,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from guardrails.admin.role import privileges_for as role_privileges
 from guardrails.sandbox.dataverse import DataverseSimulator, WriteEvent
 from guardrails.sandbox.graph import GraphSimulator
 from guardrails.sandbox.identity import IdentitySimulator
 from guardrails.sandbox.messages import mailbox_message, to_body
 from guardrails.sandbox.tls import SandboxTLS
+
+if TYPE_CHECKING:
+    from guardrails.admin.register import Plan
 
 Credential = Literal["client_secret", "certificate", "managed_identity"]
 TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -30,6 +34,12 @@ GUARDRAIL_ROLE = "Mailbox Guardrails"
 # What admin consent grants the app in Graph: sendMail/draft send, and drafts for exactly-once
 # notifications (create, then look up by internetMessageId after a lost answer).
 GRAPH_PERMISSIONS = ("Mail.Send", "Mail.ReadWrite")
+# A deployment administrator's app (its application user is a System Administrator), for the
+# commands that change the registration: `guardrails register`, `unregister`, `role --create`.
+ADMIN_CLIENT_ID = "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+ADMIN_SECRET = "sandbox-admin-secret-not-for-production"
+SAS_KEY_NAME = "dataverse-send"
+SAS_KEY = "c2FuZGJveC1zYXMta2V5LW5vdC1mb3ItcHJvZHVjdGlvbg=="
 _PRE_IMAGE_COLUMNS = (
     "incomingemaildeliverymethod",
     "outgoingemaildeliverymethod",
@@ -85,6 +95,10 @@ class Sandbox:
             applicationid=client_id,
         )
         self.dataverse.map_client_to_user(client_id, self.app_user_id)
+        # The role as `guardrails role --create` makes it (every privilege, with doctor's reads).
+        self.dataverse.set_role_privileges(
+            GUARDRAIL_ROLE, {p.name: p.depth for p in role_privileges(None)}
+        )
         self.dataverse.set_email_settings(2, 2, 1)
         self.dataverse.add_write_listener(self._on_write)
 
@@ -123,6 +137,68 @@ class Sandbox:
             else:
                 env["AZURE_CLIENT_SECRET"] = SECRET
         return env
+
+    def admin_environment(self) -> dict[str, str]:
+        """Settings that sign in as a deployment administrator (an app registration whose
+        application user is a System Administrator), created on first use."""
+        if self.dataverse.user_for_client(ADMIN_CLIENT_ID) is None:
+            self.identity.register_app(TENANT_ID, ADMIN_CLIENT_ID, secret=ADMIN_SECRET)
+            self.dataverse.add_user(
+                fullname="# Deployment administrator",
+                internalemailaddress=None,
+                roles=["System Administrator"],
+                applicationid=ADMIN_CLIENT_ID,
+            )
+        return {
+            "DATAVERSE_URL": self.dataverse.url,
+            "AZURE_AUTHORITY_HOST": self.identity.url,
+            "AZURE_TENANT_ID": TENANT_ID,
+            "AZURE_CLIENT_ID": ADMIN_CLIENT_ID,
+            "AZURE_CLIENT_SECRET": ADMIN_SECRET,
+            "REQUESTS_CA_BUNDLE": str(self.tls.ca_bundle_path()),
+        }
+
+    def register_integration(
+        self,
+        policy_path: Path,
+        *,
+        queue: str = "dataverse-mailbox-events",
+        namespace: str = "sb://sandbox.invalid/",
+    ) -> Plan:
+        """Do what `guardrails register` does, signed in as the administrator: the service
+        endpoint, the Create and Update steps and the pre image, for this policy. Returns the
+        plan it applied (a second call applies nothing)."""
+        from guardrails.admin.register import (
+            Target,
+            apply_plan,
+            governed_columns,
+            plan_registration,
+            read_registration,
+        )
+        from guardrails.admin.signin import credentials_from_env
+        from guardrails.clients.auth import MsalTokenProvider
+        from guardrails.clients.dataverse import DataverseClient
+        from guardrails.clients.http import new_session
+        from guardrails.policy import load_policy
+
+        env = self.admin_environment()
+        target = Target(
+            namespace=namespace,
+            queue=queue,
+            sas_key_name=SAS_KEY_NAME,
+            columns=governed_columns(load_policy(policy_path)),
+            sas_key=SAS_KEY,
+        )
+        with patched_environ({"REQUESTS_CA_BUNDLE": env["REQUESTS_CA_BUNDLE"]}):
+            session = new_session(10.0)
+            try:
+                tokens = MsalTokenProvider(credentials_from_env(env), session=session)
+                client = DataverseClient(env["DATAVERSE_URL"], tokens=tokens, session=session)
+                plan = plan_registration(target, read_registration(client))
+                apply_plan(client, plan)
+            finally:
+                session.close()
+        return plan
 
     def add_person(
         self, name: str, email: str, *, roles: tuple[str, ...] = (), **mailbox: Any
