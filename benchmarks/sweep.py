@@ -16,6 +16,7 @@ import random
 import resource
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from guardrails.clients.tables import TableStore
@@ -31,7 +32,8 @@ rules:
     incoming_email: server_side_sync
     outgoing_email: server_side_sync
     appointments_contacts_tasks: server_side_sync
-  email_address: {{changes: forbidden}}
+  email_address: {{changes: forbidden, must_match_owner: true}}
+  server_profile: {{expected: organization_default}}
 exemptions:
   mailboxes: [{exempt}]
 notifications:
@@ -46,24 +48,35 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(mailboxes: int, drift: float) -> dict[str, float]:
+def run(mailboxes: int, drift: float) -> dict[str, object]:
     rng = random.Random(1)
-    drifted = {
-        i: rng.choice(("incoming", "outgoing", "act"))
-        for i in range(mailboxes)
-        if rng.random() < drift
-    }
+    kinds = ("incoming", "outgoing", "act", "address", "profile")
+    drifted = {i: rng.choice(kinds) for i in range(mailboxes) if rng.random() < drift}
     values = {
         "incoming": lambda i: 3 if drifted.get(i) == "incoming" else 2,
         "outgoing": lambda i: 1 if drifted.get(i) == "outgoing" else 2,
         "act": lambda i: 0 if drifted.get(i) == "act" else 1,
     }
     with Sandbox() as sandbox, tempfile.TemporaryDirectory() as tmp:
+        sandbox.take()  # nothing is delivered: the sweep must find the drift itself
         dataverse = sandbox.dataverse
         started = time.perf_counter()
-        dataverse.add_mailboxes(
+        people = dataverse.add_mailboxes(
             mailboxes, incoming=values["incoming"], outgoing=values["outgoing"], act=values["act"]
         )
+        other_profile = dataverse.add_email_server_profile("Someone's own server")
+        for index, kind in drifted.items():  # the two drifts add_mailboxes cannot seed
+            _, mailbox_id = people[index]
+            if kind == "address":
+                dataverse.update_mailbox_as(
+                    dataverse.system_user_id, mailbox_id, {"emailaddress": f"x{index}@contoso.com"}
+                )
+            elif kind == "profile":
+                dataverse.update_mailbox_as(
+                    dataverse.system_user_id,
+                    mailbox_id,
+                    {"emailserverprofile@odata.bind": f"/emailserverprofiles({other_profile})"},
+                )
         owner = dataverse.add_user(fullname="Exempt", internalemailaddress="exempt@contoso.com")
         dataverse.add_mailbox(
             owner_user_id=owner, emailaddress="exempt@contoso.com", incoming=3, mailboxid=EXEMPT
@@ -84,16 +97,19 @@ def run(mailboxes: int, drift: float) -> dict[str, float]:
             pages = dataverse.count("GET", "mailboxes")
             batches = dataverse.count("POST", "$batch")
             lookups = dataverse.count("GET", "systemusers")
+            sandbox.take()
             second = build_sweep(worker).run()
             exempt_untouched = dataverse.mailbox(EXEMPT)["incomingemaildeliverymethod"] == 3
         mails = len(sandbox.graph.sent)
     return {
         "mailboxes": mailboxes,
         "drifted": len(drifted),
+        "drift_by_rule": dict(sorted(Counter(drifted.values()).items())),
         "seed_s": round(seeded, 1),
         "sweep_s": round(elapsed, 1),
         "scanned": first.scanned,
         "fixed": first.fixed,
+        "fixed_all": first.fixed == len(drifted),
         "failed": first.failed,
         "dataverse_requests": first.requests,
         "pages": pages,
