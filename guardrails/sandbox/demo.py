@@ -147,7 +147,55 @@ def run_demo(out: TextIO) -> int:
             )
             story = _Story(sandbox, worker, audit, out)
             played = _play(story)
-            return max(played, _check_deployment(story, policy))
+            swept = _sweep_and_report(story, policy)
+            return max(played, swept, _check_deployment(story, policy))
+
+
+def _sweep_and_report(story: _Story, policy: Path) -> int:
+    """What events missed: changes made while the function was down, found by the nightly sweep;
+    then where the tenant stands, as `guardrails report` sees it."""
+    from guardrails.policy import load_policy
+    from guardrails.report.run import build_report
+    from guardrails.worker import build_sweep
+
+    say, sandbox = story.say, story.sandbox
+    dataverse = sandbox.dataverse
+    say()
+    say("4. While the function was down, two users changed their mailboxes (no message arrives)")
+    lee, lee_box = sandbox.add_person("Lee Gu", "lee@contoso.com")
+    joni, joni_box = sandbox.add_person("Joni Sherman", "joni@contoso.com")
+    dataverse.update_mailbox_as(lee, lee_box, {"outgoingemaildeliverymethod": 1})
+    dataverse.update_mailbox_as(joni, joni_box, {"actdeliverymethod": 2})
+    sandbox.take()  # lost: the events never reach the guardrail
+    summary = build_sweep(story.worker).run()
+    say(
+        f"   the nightly sweep: scanned {summary.scanned}, non-compliant {summary.non_compliant}, "
+        f"fixed {summary.fixed}, failed {summary.failed}, {summary.requests} Dataverse requests"
+    )
+    story.expect(summary.fixed == 2, "the sweep fixed both missed changes")
+    story.expect(
+        story.row(lee_box)["outgoingemaildeliverymethod"] == 2
+        and story.row(joni_box)["actdeliverymethod"] == 1,
+        "both mailboxes back to server-side sync",
+    )
+    sandbox.take()  # the sweep's own writes coming back
+    accepted = story.worker.state.accepted
+    report = build_report(
+        story.worker.executor.dataverse,
+        (load_policy(policy), str(policy)),
+        accepted=lambda mailbox_id: {c: a.value for c, a in accepted.get(mailbox_id).items()},
+        accepted_note="the guardrail's accepted values (Isaiah's change in scene 3)",
+    )
+    counts = report.summary
+    say(
+        f"   guardrails report: {counts.scanned} mailboxes, {counts.current.non_compliant} "
+        f"non-compliant, {counts.hijack_suspects} hijack suspect(s)"
+    )
+    story.expect(
+        counts.current.non_compliant == 0,
+        "the report finds nothing left to fix (the admin's change is an accepted exception)",
+    )
+    return 1 if story.failures else 0
 
 
 def _check_deployment(story: _Story, policy: Path) -> int:
