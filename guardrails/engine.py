@@ -9,7 +9,7 @@ offline replay reports them as not verifiable rather than guessing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -358,10 +358,22 @@ class _Decider:
                 Outcome.IGNORED, f"{context.message_name} of a mailbox is not governed."
             )
         self.event = event = mailbox_event(context)
-        return self.exemption(event) or self.evaluate(event)
+        early = self.not_governed(event)
+        if early is not None:
+            return early
+        decision = self.evaluate(event)
+        if decision.outcome is not Outcome.VIOLATION:
+            # A compliant change needs no exemption: whose it was is never looked up for it.
+            return decision
+        exempted = self.exemption(event)
+        if exempted is not None:
+            return exempted
+        if len(self.unverified) > len(decision.unverified):  # the initiator must be looked up
+            return replace(decision, unverified=tuple(self.unverified))
+        return decision
 
-    def exemption(self, event: MailboxEvent) -> Decision | None:
-        initiator = event.initiating_user_id
+    def not_governed(self, event: MailboxEvent) -> Decision | None:
+        """What is decided before any rule: the guardrail's own write, an exempt mailbox."""
         # Recognised by who made the change, never by what the message says about itself: any
         # caller can put the guardrail's tag on a request.
         if self.facts.guardrail_user_id in event.initiators:
@@ -371,9 +383,13 @@ class _Decider:
                 f"The request carries the tag '{GUARDRAIL_TAG}', but it was not made by the "
                 "guardrail's application user; the tag exempts nothing."
             )
-        exemptions = self.policy.exemptions
-        if event.mailbox_id in exemptions.mailboxes:
+        if event.mailbox_id in self.policy.exemptions.mailboxes:
             return self.decision(Outcome.IGNORED, "The mailbox is exempt.")
+        return None
+
+    def exemption(self, event: MailboxEvent) -> Decision | None:
+        """A violation by an exempt user (or overwritten by one after a conflict) stands."""
+        initiator = event.initiating_user_id
         why = self.exempt(initiator, self.facts.initiator, need=Fact.INITIATOR)
         if why is not None:
             return self.decision(Outcome.IGNORED, why, exempted_by=initiator)

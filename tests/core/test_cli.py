@@ -68,7 +68,7 @@ def test_text_output_for_the_example_messages(capsys: pytest.CaptureFixture[str]
     email = sections["email-address-to-ceo.json"]
     assert "[email_address, enforce]" in email
     assert "the address to restore is the owner's own, looked up in Dataverse" in email
-    assert "not verifiable offline: initiator, mailbox_state" in email
+    assert "not verifiable offline: mailbox_state, initiator" in email
 
     create = sections["create-with-outlook.json"]
     assert 'would write: {"outgoingemaildeliverymethod": 2}' in create

@@ -969,3 +969,25 @@ def test_a_decision_round_trips_through_its_stored_form(changes: dict[str, Any])
     stored = json.loads(json.dumps(decision.to_dict()))
     assert Decision.from_dict(stored) == decision
     assert Decision.from_dict(stored).changed == tuple(sorted(changes))
+
+
+# --- API economy: a compliant change looks nobody up --------------------------------------------
+
+
+def test_a_compliant_change_needs_no_lookup_of_who_made_it() -> None:
+    policy = make_policy(extra="exemptions:\n  security_roles: [System Administrator]\n")
+    decision = decide_mailbox(
+        policy, changes={"incomingemaildeliverymethod": 2}, before={**BEFORE, **FORWARD}
+    )
+    assert decision.outcome is Outcome.COMPLIANT
+    assert decision.unverified == ()  # no initiator, no roles: zero Dataverse requests
+
+
+def test_a_violation_asks_who_made_it_before_it_is_reverted() -> None:
+    policy = make_policy(extra="exemptions:\n  security_roles: [System Administrator]\n")
+    decision = decide_mailbox(policy, changes=FORWARD, before=BEFORE)
+    assert decision.outcome is Outcome.VIOLATION
+    assert Fact.INITIATOR in decision.unverified
+    admin = UserFacts(id=USER, role_names=frozenset({"system administrator"}))
+    exempt = decide_mailbox(policy, Facts(initiator=admin), changes=FORWARD, before=BEFORE)
+    assert exempt.outcome is Outcome.IGNORED and exempt.exempted_by == USER
