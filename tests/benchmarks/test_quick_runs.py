@@ -43,3 +43,15 @@ def test_the_latency_benchmark_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "violating update (revert)" in done.stdout and "compliant update" in done.stdout
+
+
+def test_the_economy_benchmark_counts_requests_per_message() -> None:
+    from benchmarks.economy import run as economy
+
+    figures = economy(100, 20, 0.1)
+    by_kind = figures["by_kind"]
+    assert isinstance(by_kind, dict)
+    assert figures["whoami"] == 1 and figures["token_requests"] == 2
+    assert figures["writes_per_violation"] == 1.0
+    # Compliant changes cost nothing: every request is WhoAmI, a user look-up or a revert.
+    assert set(by_kind) <= {"GET WhoAmI", "GET systemusers", "PATCH mailboxes"}
