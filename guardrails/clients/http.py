@@ -92,6 +92,9 @@ class ApiClient:
         self._headers = dict(default_headers or {})
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
+        # After a 429, every thread of this client holds back until the service's Retry-After
+        # has passed: one throttled request must not be followed by a burst from the others.
+        self._open_at = 0.0
 
     @property
     def request_counts(self) -> Mapping[str, int]:
@@ -137,6 +140,7 @@ class ApiClient:
         attempt = 0
         while True:
             attempt += 1
+            self._hold_back()
             token = self._tokens.token(self._scope, force_refresh=refreshed)
             all_headers = {**self._headers, **(headers or {}), "Authorization": f"Bearer {token}"}
             self._count(method, path)
@@ -168,10 +172,20 @@ class ApiClient:
                 raise OutcomeUnknown(error)
             if not error.retryable or attempt >= self._retry.max_attempts:
                 raise error
+            if isinstance(error, Throttled) and error.retry_after:
+                with self._counts_lock:
+                    self._open_at = max(self._open_at, time.monotonic() + error.retry_after)
             wait = self._retry.delay(attempt, error.retry_after)
             if wait > self._retry.max_retry_after:
                 raise error
             self._sleep(wait)
+
+    def _hold_back(self) -> None:
+        """Wait out a Retry-After another thread of this client was given."""
+        with self._counts_lock:
+            wait = self._open_at - time.monotonic()
+        if wait > 0:
+            self._sleep(min(wait, self._retry.max_retry_after))
 
     def error(self, response: requests.Response, method: str, url: str) -> ServiceError:
         code, message = _error_body(response)

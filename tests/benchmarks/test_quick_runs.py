@@ -55,3 +55,11 @@ def test_the_economy_benchmark_counts_requests_per_message() -> None:
     assert figures["writes_per_violation"] == 1.0
     # Compliant changes cost nothing: every request is WhoAmI, a user look-up or a revert.
     assert set(by_kind) <= {"GET WhoAmI", "GET systemusers", "PATCH mailboxes"}
+
+
+def test_the_storm_benchmark_loses_nothing_under_the_limits() -> None:
+    from benchmarks.storm import run as storm
+
+    figures = storm(120, 4, 60, 1.0, 0.0)
+    assert figures["compliant_at_end"] == 120 and figures["lost"] == 0
+    assert figures["requests_per_change"] == 3.0

@@ -32,3 +32,26 @@ def test_back_off_grows_is_capped_and_jittered() -> None:
 
 def test_the_services_own_wait_wins() -> None:
     assert RetryPolicy().delay(1, 12.5) == 12.5
+
+
+def test_after_a_429_every_thread_of_the_client_holds_back() -> None:
+    """One throttled answer makes the client's other requests wait the Retry-After too."""
+    import requests as requests_lib
+
+    from guardrails.clients.http import ApiClient
+
+    class Tokens:
+        def token(self, scope: str, *, force_refresh: bool = False) -> str:
+            return "t"
+
+    slept: list[float] = []
+    client = ApiClient(
+        "https://dataverse.invalid",
+        scope="s",
+        tokens=Tokens(),
+        session=requests_lib.Session(),
+        sleep=slept.append,
+    )
+    client._open_at = time.monotonic() + 5.0  # as a 429 with Retry-After 5 sets it
+    client._hold_back()
+    assert len(slept) == 1 and 4.0 < slept[0] <= 5.0
