@@ -2310,9 +2310,17 @@ class DataverseSimulator(SandboxServer):
         def sort_key(row: Row) -> str:
             return str(row[key])
 
+        by_key = _key_lookup(filter_text, table.key) if rows is None else None
         with self._state:
+            if by_key is not None:
+                # `key eq <id> or key eq <id> ...`: served from the primary key, as a database
+                # serves it from its index, not by testing every row of the table.
+                live = self._rows[table.entity_set]
+                matched = [live[i] for i in dict.fromkeys(by_key) if i in live]
+                predicate = None
             source = self._rows[table.entity_set].values() if rows is None else rows
-            matched = [r for r in source if predicate(r)] if predicate else list(source)
+            if by_key is None:
+                matched = [r for r in source if predicate(r)] if predicate else list(source)
             total = len(matched)
             if top_text is not None:
                 matched.sort(key=sort_key)
@@ -2632,6 +2640,22 @@ class DataverseSimulator(SandboxServer):
 
 
 # -- module helpers -----------------------------------------------------------------------------
+
+
+_KEY_TERM = re.compile(r"^\s*(\w+)\s+eq\s+([0-9a-fA-F-]{36})\s*$")
+
+
+def _key_lookup(filter_text: str | None, key: str) -> list[str] | None:
+    """The ids of a filter that is only `key eq <guid>` terms joined by `or`, else None."""
+    if not filter_text:
+        return None
+    ids: list[str] = []
+    for term in re.split(r"\s+or\s+", filter_text.strip()):
+        match = _KEY_TERM.match(term)
+        if match is None or match.group(1) != key or not _GUID.match(match.group(2)):
+            return None
+        ids.append(match.group(2).lower())
+    return ids
 
 
 def _error_body(code: str, message: str) -> dict[str, object]:
