@@ -336,7 +336,8 @@ def build_sweep(
     executor = worker.executor
     return Sweep(
         policy=executor.policy,
-        dataverse=executor.dataverse,
+        # Pages and batches wait out any 429 (up to five minutes each) rather than failing the run.
+        dataverse=executor.dataverse.patient(max_retry_after=300.0),
         executor=executor,
         runs=worker.state.runs,
         dry_run=dry_run,

@@ -7,15 +7,16 @@ the service's Retry-After, for the caller to reschedule without holding the mess
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Self
 
 import requests
 
@@ -179,6 +180,23 @@ class ApiClient:
             if wait > self._retry.max_retry_after:
                 raise error
             self._sleep(wait)
+
+    def patient(
+        self,
+        *,
+        max_retry_after: float,
+        max_attempts: int = 8,
+        sleep: Callable[[float], None] | None = None,
+    ) -> Self:
+        """The same client (session, tokens, caches, counts) waiting out longer Retry-Afters
+        itself: for the sweep, which holds no message lock and must honour every 429."""
+        clone = copy.copy(self)
+        clone._retry = replace(
+            self._retry, max_retry_after=max_retry_after, max_attempts=max_attempts
+        )
+        if sleep is not None:
+            clone._sleep = sleep
+        return clone
 
     def _hold_back(self) -> None:
         """Wait out a Retry-After another thread of this client was given."""

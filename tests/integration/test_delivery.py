@@ -166,3 +166,23 @@ def test_eight_messages_at_a_cold_instance_fetch_one_token_and_one_whoami(
     # One token for Dataverse and one for Graph, however many messages arrived at once.
     assert sandbox.identity.token_requests - tokens_before == 2
     assert all(sandbox.dataverse.mailbox(m)["actdeliverymethod"] == 1 for _, m in people)
+
+
+def test_an_unreachable_table_store_is_an_outage_like_any_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state's store down: nothing is written blind, the message is retried later."""
+    from guardrails.settlement import Schedule
+    from tests.azurite.plugin import free_port
+
+    monkeypatch.setenv(
+        "AzureWebJobsStorage",
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+        f"TableEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;",
+    )
+    for deployment in deploy("client_secret", tmp_path, monkeypatch):
+        handled = deployment.run(deployment.user_change({"incomingemaildeliverymethod": 3}))
+        assert isinstance(handled.action, Schedule)  # a copy for later; nothing burnt, nothing lost
+        assert "Table Storage" in handled.action.reason
+        assert deployment.patches() == []  # no write without the ledger's record of it

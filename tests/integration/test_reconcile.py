@@ -163,3 +163,22 @@ def test_the_timer_function_sweeps(tenant: Deployment) -> None:
         tenant.app.worker.state.runs.query("PartitionKey eq @p", parameters={"p": "reconcile"})
     )
     assert record.properties["fixed"] == len(drifted)
+
+
+def test_the_sweep_waits_out_a_long_retry_after_instead_of_failing(tenant: Deployment) -> None:
+    from guardrails.reconcile import Sweep
+
+    drifted = seed(tenant)
+    dataverse = tenant.sandbox.dataverse
+    dataverse.inject(429, retry_after=45, method="POST", path_contains="$batch")
+    waits: list[float] = []
+    worker = tenant.app.worker
+    sweep = Sweep(
+        policy=worker.executor.policy,
+        dataverse=worker.executor.dataverse.patient(max_retry_after=300, sleep=waits.append),
+        executor=worker.executor,
+        runs=worker.state.runs,
+    )
+    summary = sweep.run()
+    assert 45 in waits  # the service's Retry-After, honoured, not cut short
+    assert summary.fixed == len(drifted) and summary.failed == 0
