@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from guardrails.engine import Decision, decide
-from guardrails.errors import ConfigurationError, ServiceError
+from guardrails.errors import AuthenticationError, ConfigurationError, ServiceError
 from guardrails.message import parse_message
 from guardrails.policy import PolicyError, load_policy
 from guardrails.policy.loader import schema_json
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except (ServiceError, ValueError) as exc:
+    except (ServiceError, AuthenticationError, ValueError) as exc:
         print(f"guardrails: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -978,8 +978,12 @@ class DataverseSimulator(SandboxServer):
     token is not valid (``IdentitySimulator.validator(dataverse.url)``). With None, any non-empty
     token is accepted and its text is taken as the client id. The client id must be mapped to an
     application user (:meth:`map_client_to_user`), as in Dataverse, where an app registration
-    without an application user gets 403. ``approver_roles`` are the security role names whose
-    holders may approve or reject a mailbox's email address (``prvApproveRejectEmailAddress``).
+    without an application user gets 403. ``user_token_validator`` maps a person's delegated
+    token to their Entra object id (``IdentitySimulator.user_validator(dataverse.url)``), or None
+    for any other token; such a request acts as the user whose ``azureactivedirectoryobjectid``
+    it is (403 when the person has no user here). ``approver_roles`` are the security role names
+    whose holders may approve or reject a mailbox's email address
+    (``prvApproveRejectEmailAddress``).
     """
 
     def __init__(
@@ -990,8 +994,10 @@ class DataverseSimulator(SandboxServer):
         organization_name: str = "Sandbox",
         approver_roles: Sequence[str] = (SYSTEM_ADMINISTRATOR,),
         latency: float = 0.0,
+        user_token_validator: TokenValidator | None = None,
     ) -> None:
         self.token_validator = token_validator
+        self.user_token_validator = user_token_validator
         self.approver_roles = frozenset(approver_roles)
         self._state = threading.RLock()
         self._version = 468000
@@ -1174,6 +1180,22 @@ class DataverseSimulator(SandboxServer):
     def user(self, systemuserid: str) -> dict[str, Any]:
         with self._state:
             return dict(self._require("systemusers", systemuserid))
+
+    def user_for_object_id(self, object_id: str) -> str | None:
+        """The user whose Entra object id (``azureactivedirectoryobjectid``) this is."""
+        with self._state:
+            for row in self._rows["systemusers"].values():
+                if str(row.get("azureactivedirectoryobjectid") or "").lower() == object_id.lower():
+                    return str(row["systemuserid"])
+        return None
+
+    def caller(self, request: Request) -> str | None:
+        """The user a request (e.g. one of :attr:`requests_log`) acts as, by its bearer token;
+        None when the token is not, or no longer, valid here."""
+        try:
+            return self._authenticate(request)
+        except DataverseError:
+            return None
 
     def add_team(
         self,
@@ -2245,6 +2267,15 @@ class DataverseSimulator(SandboxServer):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise DataverseError(401, "", "Bearer token is missing from the Authorization header.")
+        user_validator = self.user_token_validator
+        object_id = user_validator(token) if user_validator is not None else None
+        if object_id:
+            person = self.user_for_object_id(object_id)
+            if person is None:
+                raise DataverseError(
+                    403, "0x80072560", "The user is not a member of the organization."
+                )
+            return person
         validator = self.token_validator
         client_id = validator(token) if validator is not None else token
         if not client_id:

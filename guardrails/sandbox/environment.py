@@ -38,6 +38,10 @@ GRAPH_PERMISSIONS = ("Mail.Send", "Mail.ReadWrite")
 # commands that change the registration: `guardrails register`, `unregister`, `role --create`.
 ADMIN_CLIENT_ID = "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 ADMIN_SECRET = "sandbox-admin-secret-not-for-production"
+# The organization's public client app through which a person signs in with a device code
+# (`--device-code --admin-client-id`): "Allow public client flows", Dynamics CRM
+# user_impersonation consented.
+ADMIN_PUBLIC_CLIENT_ID = "4b3a2918-0f7e-4d6c-9b5a-483726150f9e"
 SAS_KEY_NAME = "dataverse-send"
 SAS_KEY = "c2FuZGJveC1zYXMta2V5LW5vdC1mb3ItcHJvZHVjdGlvbg=="
 _PRE_IMAGE_COLUMNS = (
@@ -83,6 +87,7 @@ class Sandbox:
             approver_roles=("System Administrator", GUARDRAIL_ROLE),
         )
         self.dataverse.token_validator = self.identity.validator(self.dataverse.url)
+        self.dataverse.user_token_validator = self.identity.user_validator(self.dataverse.url)
         self.graph = GraphSimulator(self.tls)
         self.graph.token_validator = self.identity.validator(self.graph.url)
         client_id = self._register_app()
@@ -157,6 +162,36 @@ class Sandbox:
             "AZURE_CLIENT_SECRET": ADMIN_SECRET,
             "REQUESTS_CA_BUNDLE": str(self.tls.ca_bundle_path()),
         }
+
+    def admin_public_client(self) -> str:
+        """The client id of the public client app for device-code sign-in (registered on first
+        use), for `--admin-client-id`."""
+        self.identity.register_public_client(TENANT_ID, ADMIN_PUBLIC_CLIENT_ID)
+        return ADMIN_PUBLIC_CLIENT_ID
+
+    def add_signin_user(
+        self,
+        name: str,
+        email: str,
+        *,
+        roles: tuple[str, ...] = ("System Administrator",),
+    ) -> str:
+        """A person who signs in with a device code: a Dataverse user with ``roles`` and the
+        Entra user of the same object id, so their delegated tokens act as that user. Returns
+        the ``systemuserid``."""
+        user_id = self.dataverse.add_user(
+            fullname=name, internalemailaddress=email, roles=list(roles)
+        )
+        object_id = str(self.dataverse.user(user_id)["azureactivedirectoryobjectid"])
+        self.identity.register_user(
+            TENANT_ID, username=email, object_id=object_id, display_name=name
+        )
+        return user_id
+
+    def approve_device_code(self, user_code: str, user_id: str) -> None:
+        """The Dataverse user ``user_id`` (see :meth:`add_signin_user`) approves the code."""
+        object_id = self.dataverse.user(user_id)["azureactivedirectoryobjectid"]
+        self.identity.approve_device_code(user_code, str(object_id))
 
     def register_integration(
         self,

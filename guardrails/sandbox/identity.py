@@ -6,18 +6,29 @@ It speaks exactly the protocol MSAL Python uses, so the production token code ru
   ``instance_discovery=False``),
 * ``POST /{tenant}/oauth2/v2.0/token`` with ``grant_type=client_credentials``, authenticated by
   a client secret (body or HTTP Basic) or a certificate-signed ``client_assertion`` JWT,
+* the device authorization grant (RFC 8628) as Entra implements it: ``POST
+  /{tenant}/oauth2/v2.0/devicecode``, then polling the token endpoint with
+  ``grant_type=urn:ietf:params:oauth:grant-type:device_code`` (``authorization_pending`` until a
+  person approves, ``authorization_declined``, ``expired_token``, ``bad_verification_code``), and
+  ``grant_type=refresh_token`` for the refresh token that sign-in hands out,
 * ``GET /msi/token`` as App Service / Azure Functions expose it through ``IDENTITY_ENDPOINT``
   and ``IDENTITY_HEADER``.
 
 Access tokens are opaque random strings; the resource servers of the sandbox ask this object
-whether a token is valid for them (:meth:`IdentitySimulator.client_for`), which also lets tests
-revoke every token at once to exercise a client's 401-then-refresh path.
+whether a token is valid for them (:meth:`IdentitySimulator.client_for`, and for a person's
+delegated tokens :meth:`IdentitySimulator.user_for`), which also lets tests revoke every token at
+once to exercise a client's 401-then-refresh path. Nobody opens a browser here: a test plays the
+person at the verification page with :meth:`IdentitySimulator.approve_device_code` or
+:meth:`IdentitySimulator.decline_device_code`.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
+import json
+import math
 import secrets
 import threading
 import time
@@ -26,12 +37,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from guardrails.sandbox.http import Request, Response, SandboxServer, json_response
 from guardrails.sandbox.tls import SandboxTLS
@@ -39,7 +52,15 @@ from guardrails.sandbox.tls import SandboxTLS
 __all__ = ["IdentitySimulator", "IssuedToken"]
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 MSI_API_VERSION = "2019-08-01"
+# Scopes of OpenID Connect itself: they ask for an ID token, a refresh token and profile claims,
+# not for access to a resource.
+OIDC_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
+# What Entra's device-code answers show; the letters a person cannot confuse.
+_USER_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+_USER_CODE_LENGTH = 9
+_POST_ENDPOINTS = ("token", "devicecode")
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,8 @@ class IssuedToken:
     expires_at: float
     tenant_id: str | None = None  # None for managed identities
     managed_identity: bool = False
+    subject: str | None = None  # a delegated token's user (object id); None for an app's token
+    scopes: tuple[str, ...] = ()  # a delegated token's permissions on the resource (``scp``)
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,47 @@ class _App:
     client_id: str
     secrets: list[str] = field(default_factory=list)
     certificates: list[_Certificate] = field(default_factory=list)
+    public_client: bool = False  # "Allow public client flows": no credential needed
+    # Delegated permissions consented for the app; `{resource}/.default` asks for these.
+    delegated: tuple[str, ...] = ("user_impersonation",)
+
+
+@dataclass(frozen=True)
+class _User:
+    tenant_id: str
+    object_id: str
+    username: str
+    display_name: str
+
+
+@dataclass(frozen=True)
+class _Delegation:
+    """What a person's token request asks for: one resource's permissions, and OIDC's extras."""
+
+    resource: str  # as the request spelled it, without the permission
+    permissions: tuple[str, ...]
+    scope: str  # the token response's `scope`
+    openid: bool
+    offline_access: bool
+
+
+@dataclass
+class _DeviceAuthorization:
+    device_code: str
+    user_code: str
+    tenant: str  # the tenant segment of the request, lower-cased
+    client_id: str
+    delegation: _Delegation
+    expires_at: float
+    state: Literal["pending", "approved", "declined"] = "pending"
+    user: _User | None = None
+
+
+@dataclass(frozen=True)
+class _RefreshGrant:
+    tenant: str  # the tenant segment it was issued under, lower-cased
+    client_id: str
+    user: _User
 
 
 @dataclass(frozen=True)
@@ -125,7 +189,10 @@ class IdentitySimulator(SandboxServer):
     """Microsoft identity platform (client credentials) plus the App Service MSI endpoint.
 
     MSAL requires an ``https`` authority, so pass a :class:`SandboxTLS` when confidential clients
-    are used. ``token_lifetime`` (seconds) is settable at any time.
+    are used. ``token_lifetime`` (seconds) is settable at any time, and so are the device-code
+    flow's ``device_code_lifetime`` (seconds, Entra's 15 minutes by default; fractions allowed,
+    ``expires_in`` shows it rounded up) and ``device_code_interval`` (the polling interval it
+    asks for, Entra's 5 seconds by default; MSAL sleeps that many whole seconds between polls).
     """
 
     def __init__(
@@ -136,12 +203,21 @@ class IdentitySimulator(SandboxServer):
         latency: float = 0.0,
     ) -> None:
         self.token_lifetime = token_lifetime
+        self.device_code_lifetime: float = 900.0
+        self.device_code_interval = 5
         self._state_lock = threading.Lock()
         self._apps: dict[tuple[str, str], _App] = {}
         self._tenants: set[str] = set()
+        self._users: dict[str, _User] = {}
         self._identities: list[_ManagedIdentity] = []
         self._tokens: dict[str, IssuedToken] = {}
+        self._device_codes: dict[str, _DeviceAuthorization] = {}
+        self._user_codes: dict[str, str] = {}  # user code -> device code
+        self._refresh_tokens: dict[str, _RefreshGrant] = {}
+        self._signing_key: rsa.RSAPrivateKey | None = None
+        self._signing_kid = secrets.token_hex(8)
         self._token_requests = 0
+        self._device_code_requests = 0
         self._identity_header = secrets.token_urlsafe(24)
         super().__init__(tls, latency=latency)
 
@@ -173,6 +249,49 @@ class IdentitySimulator(SandboxServer):
                 app.secrets.append(secret)
             if loaded is not None:
                 app.certificates.append(loaded)
+
+    def register_public_client(
+        self,
+        tenant_id: str,
+        client_id: str,
+        *,
+        delegated: tuple[str, ...] = ("user_impersonation",),
+    ) -> None:
+        """Register a public client app (or turn on "Allow public client flows" for one).
+
+        People sign in through it with a device code, no client credential needed. ``delegated``
+        are the delegated permissions consented for it, which a ``{resource}/.default`` scope
+        asks for (Dynamics CRM's ``user_impersonation`` for the admin commands).
+        """
+        with self._state_lock:
+            self._tenants.add(tenant_id.lower())
+            app = self._apps.setdefault(
+                (tenant_id.lower(), client_id.lower()), _App(tenant_id, client_id)
+            )
+            app.public_client = True
+            app.delegated = tuple(delegated)
+
+    def register_user(
+        self,
+        tenant_id: str,
+        *,
+        username: str,
+        object_id: str | None = None,
+        display_name: str | None = None,
+    ) -> str:
+        """Add a person to a tenant's directory; returns their object id (``oid``).
+
+        Give the object id of their Dataverse user (``azureactivedirectoryobjectid``) so that
+        Dataverse maps their delegated tokens to that user, as it does in Microsoft's cloud.
+        """
+        oid = (object_id or str(uuid.uuid4())).lower()
+        user = _User(tenant_id, oid, username, display_name or username)
+        with self._state_lock:
+            if oid in self._users:
+                raise ValueError(f"a user with object id {oid} already exists")
+            self._tenants.add(tenant_id.lower())
+            self._users[oid] = user
+        return oid
 
     def register_managed_identity(
         self, client_id: str | None = None, *, resource_id: str | None = None
@@ -222,6 +341,61 @@ class IdentitySimulator(SandboxServer):
     def token_endpoint(self, tenant_id: str) -> str:
         return f"{self.url}/{tenant_id}/oauth2/v2.0/token"
 
+    def device_authorization_endpoint(self, tenant_id: str) -> str:
+        return f"{self.url}/{tenant_id}/oauth2/v2.0/devicecode"
+
+    @property
+    def verification_uri(self) -> str:
+        """Where a device-code answer sends the person (nobody browses it in the sandbox)."""
+        return f"{self.url}/devicelogin"
+
+    # -- the person at the verification page --------------------------------------------------
+
+    def approve_device_code(self, user_code: str, object_id: str) -> None:
+        """The person ``object_id`` enters ``user_code``, signs in and consents.
+
+        Raises KeyError for a code that is unknown, already used or expired, or an unknown
+        person, and ValueError for a code already declined or approved, or a person from
+        another tenant than the one the code was requested for.
+        """
+        with self._state_lock:
+            pending = self._awaiting(user_code)
+            user = self._users.get(object_id.lower())
+            if user is None:
+                raise KeyError(f"no user with object id {object_id}")
+            if user.tenant_id.lower() != pending.tenant:
+                raise ValueError(
+                    f"user {user.username} is not in tenant {pending.tenant}, where the code "
+                    "was requested"
+                )
+            pending.state = "approved"
+            pending.user = user
+
+    def decline_device_code(self, user_code: str) -> None:
+        """The person enters ``user_code`` and cancels the sign-in."""
+        with self._state_lock:
+            self._awaiting(user_code).state = "declined"
+
+    def _awaiting(self, user_code: str) -> _DeviceAuthorization:
+        device_code = self._user_codes.get(user_code.strip().upper())
+        authorization = self._device_codes.get(device_code) if device_code else None
+        if authorization is None or authorization.expires_at <= time.time():
+            raise KeyError(f"no device code awaits approval with user code {user_code!r}")
+        if authorization.state != "pending":
+            raise ValueError(f"user code {user_code!r} was already {authorization.state}")
+        return authorization
+
+    @property
+    def pending_user_codes(self) -> list[str]:
+        """User codes that await a person, oldest first."""
+        now = time.time()
+        with self._state_lock:
+            return [
+                a.user_code
+                for a in self._device_codes.values()
+                if a.state == "pending" and a.expires_at > now
+            ]
+
     # -- token inspection ---------------------------------------------------------------------
 
     def client_for(self, token: str, resource: str) -> str | None:
@@ -234,6 +408,17 @@ class IdentitySimulator(SandboxServer):
             return None
         return issued.client_id
 
+    def user_for(self, token: str, resource: str) -> str | None:
+        """The object id of the person a valid delegated token for ``resource`` was issued for.
+
+        None for an unknown, expired or other resource's token, and for an app's own token.
+        """
+        if self.client_for(token, resource) is None:
+            return None
+        with self._state_lock:
+            issued = self._tokens.get(token)
+        return issued.subject if issued is not None else None
+
     def validate(self, token: str, resource: str) -> bool:
         return self.client_for(token, resource) is not None
 
@@ -241,8 +426,13 @@ class IdentitySimulator(SandboxServer):
         """A ``token_validator`` for a resource server of the sandbox (returns the client id)."""
         return lambda token: self.client_for(token, resource)
 
+    def user_validator(self, resource: str) -> Callable[[str], str | None]:
+        """A resource server's check for people's tokens (returns the user's object id)."""
+        return lambda token: self.user_for(token, resource)
+
     def revoke_all(self) -> None:
-        """Forget every issued token: resource servers will answer 401 until clients refresh."""
+        """Forget every issued access token: resource servers will answer 401 until clients
+        refresh (refresh tokens stay valid, so a person's client refreshes without a prompt)."""
         with self._state_lock:
             self._tokens.clear()
 
@@ -253,9 +443,15 @@ class IdentitySimulator(SandboxServer):
 
     @property
     def token_requests(self) -> int:
-        """How many requests reached a token endpoint (client credentials or MSI)."""
+        """How many requests reached a token endpoint (any grant, or MSI)."""
         with self._state_lock:
             return self._token_requests
+
+    @property
+    def device_code_requests(self) -> int:
+        """How many requests reached a device authorization endpoint (sign-ins started)."""
+        with self._state_lock:
+            return self._device_code_requests
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -282,15 +478,17 @@ class IdentitySimulator(SandboxServer):
                 return self._oauth_error(_OAuthError(405, "invalid_request", 900561, "Use GET."))
             return self._discovery(parts[0])
         if len(parts) == 4 and parts[1:] == ["discovery", "v2.0", "keys"]:
-            # Access tokens here are opaque, so there are no signing keys to publish.
-            return json_response(200, {"keys": []})
-        if len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]:
+            # Access tokens here are opaque; the one key signs ID tokens, made for the first.
+            return json_response(200, {"keys": self._published_keys()})
+        if len(parts) == 4 and parts[1:3] == ["oauth2", "v2.0"] and parts[3] in _POST_ENDPOINTS:
             if request.method != "POST":
                 return self._oauth_error(
                     _OAuthError(
                         405, "invalid_request", 900561, "The endpoint only accepts POST requests."
                     )
                 )
+            if parts[3] == "devicecode":
+                return self._device_authorization(parts[0], request)
             return self._token(parts[0], request)
         return self._oauth_error(
             _OAuthError(404, "invalid_request", 90000, f"No endpoint at '{request.path}'.")
@@ -341,24 +539,36 @@ class IdentitySimulator(SandboxServer):
         with self._state_lock:
             self._token_requests += 1
         try:
-            issued = self._client_credentials(tenant, request)
+            form = _form(request)
+            self._require_tenant(tenant)
+            grant_type = form.get("grant_type")
+            if grant_type == "client_credentials":
+                issued = self._client_credentials(tenant, request, form)
+                lifetime = max(0, round(issued.expires_at - time.time()))
+                payload: dict[str, object] = {
+                    "token_type": "Bearer",
+                    "expires_in": lifetime,
+                    "ext_expires_in": lifetime,
+                    "access_token": issued.token,
+                }
+            elif grant_type == DEVICE_CODE_GRANT:
+                payload = self._device_code_grant(tenant, request, form)
+            elif grant_type == "refresh_token":
+                payload = self._refresh_token_grant(tenant, request, form)
+            else:
+                raise _OAuthError(
+                    400,
+                    "unsupported_grant_type",
+                    70003,
+                    f"The app requested an unsupported grant type '{grant_type}'.",
+                )
         except _OAuthError as error:
             return self._oauth_error(error)
-        lifetime = max(0, round(issued.expires_at - time.time()))
         return json_response(
-            200,
-            {
-                "token_type": "Bearer",
-                "expires_in": lifetime,
-                "ext_expires_in": lifetime,
-                "access_token": issued.token,
-            },
-            headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"},
+            200, payload, headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
         )
 
-    def _client_credentials(self, tenant: str, request: Request) -> IssuedToken:
-        form = dict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
-        basic_id, basic_secret = _basic_credentials(request.header("authorization"))
+    def _require_tenant(self, tenant: str) -> None:
         with self._state_lock:
             tenant_known = tenant.lower() in self._tenants
         if not tenant_known:
@@ -369,15 +579,9 @@ class IdentitySimulator(SandboxServer):
                 f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID "
                 "and are signing into the correct cloud.",
             )
-        grant_type = form.get("grant_type")
-        if grant_type != "client_credentials":
-            raise _OAuthError(
-                400,
-                "unsupported_grant_type",
-                70003,
-                f"The app requested an unsupported grant type '{grant_type}'.",
-            )
-        client_id = form.get("client_id") or basic_id
+
+    def _client_app(self, tenant: str, request: Request, form: dict[str, str]) -> _App:
+        client_id = form.get("client_id") or _basic_credentials(request.header("authorization"))[0]
         if not client_id:
             raise _missing_parameter("client_id")
         with self._state_lock:
@@ -391,8 +595,39 @@ class IdentitySimulator(SandboxServer):
                 f"'{tenant}'. This can happen if the application has not been installed by the "
                 "administrator of the tenant or consented to by any user in the tenant.",
             )
-        secret = form.get("client_secret") or basic_secret
+        return app
+
+    def _client_credentials(
+        self, tenant: str, request: Request, form: dict[str, str]
+    ) -> IssuedToken:
+        app = self._client_app(tenant, request, form)
+        self._authenticate_client(app, tenant, request, form, public_allowed=False)
+        resource = _resource_from_scope(form.get("scope"))
+        return self._issue(resource, app.client_id, tenant_id=app.tenant_id)
+
+    def _authenticate_client(
+        self,
+        app: _App,
+        tenant: str,
+        request: Request,
+        form: dict[str, str],
+        *,
+        public_allowed: bool,
+    ) -> None:
+        """Check the client's credential; a public client (``public_allowed``) presents none."""
+        client_id = app.client_id
+        secret = form.get("client_secret") or _basic_credentials(request.header("authorization"))[1]
         assertion = form.get("client_assertion")
+        if (secret or assertion) and app.public_client and not (app.secrets or app.certificates):
+            raise _OAuthError(
+                401,
+                "invalid_client",
+                700025,
+                "Client is public so neither 'client_assertion' nor 'client_secret' should be "
+                "presented.",
+            )
+        if not (secret or assertion) and public_allowed and app.public_client:
+            return
         if secret and assertion:
             raise _OAuthError(
                 401,
@@ -427,8 +662,188 @@ class IdentitySimulator(SandboxServer):
                 "The request body must contain the following parameter: 'client_assertion' or "
                 "'client_secret'.",
             )
-        resource = _resource_from_scope(form.get("scope"))
-        return self._issue(resource, app.client_id, tenant_id=app.tenant_id)
+
+    # -- a person's sign-in: the device authorization grant and refresh tokens ----------------
+
+    def _device_authorization(self, tenant: str, request: Request) -> Response:
+        with self._state_lock:
+            self._device_code_requests += 1
+        try:
+            form = _form(request)
+            self._require_tenant(tenant)
+            app = self._client_app(tenant, request, form)
+            delegation = _delegation(form.get("scope"), app.delegated)
+        except _OAuthError as error:
+            return self._oauth_error(error)
+        lifetime = float(self.device_code_lifetime)
+        with self._state_lock:
+            user_code = _new_user_code()
+            while user_code in self._user_codes:
+                user_code = _new_user_code()
+            authorization = _DeviceAuthorization(
+                device_code=secrets.token_urlsafe(96),
+                user_code=user_code,
+                tenant=tenant.lower(),
+                client_id=app.client_id,
+                delegation=delegation,
+                expires_at=time.time() + lifetime,
+            )
+            self._device_codes[authorization.device_code] = authorization
+            self._user_codes[user_code] = authorization.device_code
+        uri = self.verification_uri
+        return json_response(
+            200,
+            {
+                "user_code": user_code,
+                "device_code": authorization.device_code,
+                "verification_uri": uri,
+                "expires_in": math.ceil(lifetime),
+                "interval": int(self.device_code_interval),
+                "message": f"To sign in, use a web browser to open the page {uri} and enter the "
+                f"code {user_code} to authenticate.",
+            },
+        )
+
+    def _device_code_grant(
+        self, tenant: str, request: Request, form: dict[str, str]
+    ) -> dict[str, object]:
+        app = self._client_app(tenant, request, form)
+        self._authenticate_client(app, tenant, request, form, public_allowed=True)
+        device_code = form.get("device_code")
+        if not device_code:
+            raise _missing_parameter("device_code")
+        with self._state_lock:
+            authorization = self._device_codes.get(device_code)
+            if (
+                authorization is None
+                or authorization.client_id.lower() != app.client_id.lower()
+                or authorization.tenant != tenant.lower()
+            ):
+                raise _OAuthError(
+                    400,
+                    "bad_verification_code",
+                    70018,
+                    "The device_code sent to the token endpoint wasn't recognized.",
+                )
+            if authorization.expires_at <= time.time():
+                raise _OAuthError(400, "expired_token", 70019, "Verification code expired.")
+            if authorization.state == "declined":
+                raise _OAuthError(
+                    400,
+                    "authorization_declined",
+                    65004,
+                    "The user declined the sign-in request.",
+                )
+            if authorization.state == "pending" or authorization.user is None:
+                raise _OAuthError(
+                    400,
+                    "authorization_pending",
+                    70016,
+                    "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+                )
+            # A device code is redeemed once; afterwards it is not recognised.
+            del self._device_codes[device_code]
+            self._user_codes.pop(authorization.user_code, None)
+        return self._delegated_answer(
+            tenant, app, authorization.user, authorization.delegation, form
+        )
+
+    def _refresh_token_grant(
+        self, tenant: str, request: Request, form: dict[str, str]
+    ) -> dict[str, object]:
+        app = self._client_app(tenant, request, form)
+        self._authenticate_client(app, tenant, request, form, public_allowed=True)
+        refresh_token = form.get("refresh_token")
+        if not refresh_token:
+            raise _missing_parameter("refresh_token")
+        with self._state_lock:
+            grant = self._refresh_tokens.get(refresh_token)
+        if (
+            grant is None
+            or grant.client_id.lower() != app.client_id.lower()
+            or grant.tenant != tenant.lower()
+        ):
+            raise _OAuthError(
+                400,
+                "invalid_grant",
+                70000,
+                "Provided grant is invalid or malformed. The refresh token isn't valid.",
+            )
+        delegation = _delegation(form.get("scope"), app.delegated)
+        return self._delegated_answer(tenant, app, grant.user, delegation, form)
+
+    def _delegated_answer(
+        self,
+        tenant: str,
+        app: _App,
+        user: _User,
+        delegation: _Delegation,
+        form: dict[str, str],
+    ) -> dict[str, object]:
+        """A token response for a person: access token, and what OIDC's scopes asked for."""
+        issued = self._issue(
+            delegation.resource,
+            app.client_id,
+            tenant_id=user.tenant_id,
+            subject=user.object_id,
+            scopes=delegation.permissions,
+        )
+        lifetime = max(0, round(issued.expires_at - time.time()))
+        payload: dict[str, object] = {
+            "token_type": "Bearer",
+            "scope": delegation.scope,
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": issued.token,
+        }
+        if delegation.offline_access:
+            refresh_token = secrets.token_urlsafe(96)
+            with self._state_lock:
+                self._refresh_tokens[refresh_token] = _RefreshGrant(
+                    tenant.lower(), app.client_id, user
+                )
+            payload["refresh_token"] = refresh_token
+        if delegation.openid:
+            payload["id_token"] = self._id_token(user, app.client_id)
+        if form.get("client_info") == "1":
+            info = json.dumps({"uid": user.object_id, "utid": user.tenant_id.lower()})
+            payload["client_info"] = _b64url(info.encode("utf-8"))
+        return payload
+
+    def _id_token(self, user: _User, client_id: str) -> str:
+        now = int(time.time())
+        pairwise = hashlib.sha256(f"{user.object_id}:{client_id.lower()}".encode()).digest()
+        claims = {
+            "aud": client_id,
+            "iss": f"{self.url}/{user.tenant_id.lower()}/v2.0",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "name": user.display_name,
+            "oid": user.object_id,
+            "preferred_username": user.username,
+            "sub": _b64url(pairwise),
+            "tid": user.tenant_id.lower(),
+            "ver": "2.0",
+        }
+        return jwt.encode(
+            claims, self._key(), algorithm="RS256", headers={"kid": self._signing_kid}
+        )
+
+    def _key(self) -> rsa.RSAPrivateKey:
+        with self._state_lock:
+            if self._signing_key is None:
+                self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            return self._signing_key
+
+    def _published_keys(self) -> list[dict[str, Any]]:
+        with self._state_lock:
+            key = self._signing_key
+        if key is None:
+            return []
+        jwk: dict[str, Any] = dict(RSAAlgorithm.to_jwk(key.public_key(), as_dict=True))
+        jwk.update({"kid": self._signing_kid, "use": "sig", "alg": "RS256"})
+        return [jwk]
 
     def _verify_assertion(self, app: _App, tenant: str, assertion: str) -> None:
         try:
@@ -540,6 +955,8 @@ class IdentitySimulator(SandboxServer):
         *,
         tenant_id: str | None = None,
         managed_identity: bool = False,
+        subject: str | None = None,
+        scopes: tuple[str, ...] = (),
     ) -> IssuedToken:
         issued = IssuedToken(
             token=secrets.token_urlsafe(32),
@@ -548,6 +965,8 @@ class IdentitySimulator(SandboxServer):
             expires_at=time.time() + self.token_lifetime,
             tenant_id=tenant_id,
             managed_identity=managed_identity,
+            subject=subject,
+            scopes=scopes,
         )
         with self._state_lock:
             self._tokens[issued.token] = issued
@@ -568,6 +987,73 @@ class IdentitySimulator(SandboxServer):
 
     def _oauth_error(self, error: _OAuthError) -> Response:
         return json_response(error.status, self._error_body(error))
+
+
+def _form(request: Request) -> dict[str, str]:
+    return dict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _new_user_code() -> str:
+    return "".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(_USER_CODE_LENGTH))
+
+
+def _delegation(scope: str | None, consented: tuple[str, ...]) -> _Delegation:
+    """A person's scopes: one resource's permissions (``/.default``: the consented ones)."""
+    if not scope:
+        raise _missing_parameter("scope")
+    names = scope.split()
+    resource_scopes = [name for name in names if name not in OIDC_SCOPES]
+    if not resource_scopes:
+        raise _OAuthError(
+            400,
+            "invalid_scope",
+            70011,
+            f"The provided value for the input parameter 'scope' is not valid. The scope {scope} "
+            "names no resource; the sandbox issues delegated tokens for a resource's scopes.",
+        )
+    resources: dict[str, str] = {}
+    permissions: list[str] = []
+    asked_default = False
+    for name in resource_scopes:
+        resource, _, permission = name.rpartition("/")
+        if "://" not in resource or not permission:
+            raise _OAuthError(
+                400,
+                "invalid_scope",
+                70011,
+                f"The provided value for the input parameter 'scope' is not valid. The scope "
+                f"{name} is not valid.",
+            )
+        resources.setdefault(_normalize_resource(resource), resource)
+        if permission == ".default":
+            asked_default = True
+            wanted = list(consented)
+        else:
+            wanted = [permission]
+        permissions.extend(p for p in wanted if p not in permissions)
+    if len(resources) != 1:
+        raise _OAuthError(
+            400,
+            "invalid_scope",
+            70011,
+            f"The provided value for the input parameter 'scope' is not valid. The scope {scope} "
+            "asks for more than one resource; a token is for one.",
+        )
+    (resource,) = resources.values()
+    granted = [f"{resource}/{permission}" for permission in permissions]
+    if asked_default:
+        granted.append(f"{resource}/.default")
+    return _Delegation(
+        resource=resource,
+        permissions=tuple(permissions),
+        scope=" ".join(granted),
+        openid="openid" in names,
+        offline_access="offline_access" in names,
+    )
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str | None, str | None]:
