@@ -199,11 +199,18 @@ class ApiClient:
         return clone
 
     def _hold_back(self) -> None:
-        """Wait out a Retry-After another thread of this client was given."""
+        """Wait out a Retry-After another thread of this client was given, once: the gate is
+        passed after the wait (an injected sleep that does not move the clock must not make
+        every later request wait again)."""
         with self._counts_lock:
-            wait = self._open_at - time.monotonic()
-        if wait > 0:
-            self._sleep(min(wait, self._retry.max_retry_after))
+            opens = self._open_at
+        wait = opens - time.monotonic()
+        if wait <= 0:
+            return
+        self._sleep(min(wait, self._retry.max_retry_after))
+        with self._counts_lock:
+            if self._open_at == opens:  # no newer 429 moved it meanwhile
+                self._open_at = 0.0
 
     def error(self, response: requests.Response, method: str, url: str) -> ServiceError:
         code, message = _error_body(response)

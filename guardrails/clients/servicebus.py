@@ -8,7 +8,8 @@ Functions host's conventions for the `SERVICEBUS` connection: a connection strin
 `SERVICEBUS__credential=managedidentity` and optionally `SERVICEBUS__clientId`.
 
 The SDK opens an AMQP link lazily and keeps it; opening costs about half a second, so one sender
-per process is built on first use and reused by every message.
+per process is built on first use and reused by every message. The SDK itself is imported on first
+use too (most messages never schedule a retry), so start-up does not pay for it.
 """
 
 from __future__ import annotations
@@ -19,24 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from azure.core.exceptions import AzureError
-from azure.servicebus import (
-    ServiceBusClient,
-    ServiceBusMessage,
-    ServiceBusReceivedMessage,
-    ServiceBusReceiveMode,
-    ServiceBusSender,
-    ServiceBusSubQueue,
-)
-from azure.servicebus.exceptions import (
-    MessageSizeExceededError,
-    MessagingEntityNotFoundError,
-    ServiceBusAuthenticationError,
-    ServiceBusAuthorizationError,
-    ServiceBusError,
-)
+from typing import TYPE_CHECKING, Any
 
 from guardrails.clients.auth import MsalTokenProvider, TokenProvider, TokenProviderCredential
 from guardrails.clients.http import new_session
@@ -48,15 +32,12 @@ from guardrails.errors import (
 )
 from guardrails.settings import Credentials
 
+if TYPE_CHECKING:
+    from azure.core.exceptions import AzureError
+    from azure.servicebus import ServiceBusClient, ServiceBusReceivedMessage, ServiceBusSender
+
 SERVICE = "Service Bus"
 SCOPE = "https://servicebus.azure.net/.default"
-# Not retried by us: the request itself is wrong, or access is refused (a configuration problem).
-_PERMANENT = (
-    MessageSizeExceededError,
-    MessagingEntityNotFoundError,
-    ServiceBusAuthenticationError,
-    ServiceBusAuthorizationError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +82,8 @@ def servicebus_settings(
 def servicebus_client(
     settings: ServiceBusSettings, *, tokens: TokenProvider | None = None, retry_total: int = 2
 ) -> ServiceBusClient:
+    from azure.servicebus import ServiceBusClient
+
     if settings.connection_string is not None:
         return ServiceBusClient.from_connection_string(
             settings.connection_string, retry_total=retry_total
@@ -128,8 +111,22 @@ def _properties(properties: Mapping[str, Any]) -> dict[str | bytes, PropertyValu
 
 
 def _typed(exc: AzureError, what: str) -> ServiceError:
+    from azure.servicebus.exceptions import (
+        MessageSizeExceededError,
+        MessagingEntityNotFoundError,
+        ServiceBusAuthenticationError,
+        ServiceBusAuthorizationError,
+    )
+
     text = f"{what}: {type(exc).__name__}: {exc}"
-    if isinstance(exc, _PERMANENT):
+    # Not retried by us: the request itself is wrong, or access is refused (configuration).
+    permanent = (
+        MessageSizeExceededError,
+        MessagingEntityNotFoundError,
+        ServiceBusAuthenticationError,
+        ServiceBusAuthorizationError,
+    )
+    if isinstance(exc, permanent):
         return PermanentServiceError(SERVICE, text)
     return TransientServiceError(SERVICE, text)
 
@@ -210,6 +207,9 @@ class QueueClient:
         content_type: str | None,
     ) -> int:
         """A byte-identical copy of a message, due in `delay` seconds; its sequence number."""
+        from azure.core.exceptions import AzureError
+        from azure.servicebus import ServiceBusMessage
+
         message = ServiceBusMessage(
             body,
             message_id=message_id,
@@ -233,6 +233,9 @@ class QueueClient:
         properties: Mapping[str, Any],
         content_type: str | None,
     ) -> None:
+        from azure.core.exceptions import AzureError
+        from azure.servicebus import ServiceBusMessage
+
         message = ServiceBusMessage(
             body,
             message_id=message_id,
@@ -248,6 +251,9 @@ class QueueClient:
 
     def dead_letters(self, *, limit: int = 1000) -> list[DeadLetter]:
         """Peek at the dead-letter sub-queue (nothing is locked or removed)."""
+        from azure.core.exceptions import AzureError
+        from azure.servicebus import ServiceBusSubQueue
+
         try:
             with self._open().get_queue_receiver(
                 self._settings.queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER
@@ -269,6 +275,8 @@ class QueueClient:
         """Peek at the queue (nothing is locked, received or removed): proves the namespace
         answers, the queue exists and the connection may read it. Returns how many messages
         the peek saw (0 or 1)."""
+        from azure.core.exceptions import AzureError
+
         try:
             with self._open().get_queue_receiver(self._settings.queue) as receiver:
                 return len(receiver.peek_messages(max_message_count=1))
@@ -280,6 +288,9 @@ class QueueClient:
     ) -> Iterator[DeadLetter]:
         """Receive dead letters; each one `wanted` says yes to is yielded and then completed
         (removed), the rest are abandoned (left where they are)."""
+        from azure.core.exceptions import AzureError
+        from azure.servicebus import ServiceBusReceiveMode, ServiceBusSubQueue
+
         try:
             with self._open().get_queue_receiver(
                 self._settings.queue,
@@ -310,6 +321,9 @@ class QueueClient:
         """After an error the link may be broken: the next call opens a fresh one."""
         sender, self._sender = self._sender, None
         if sender is not None:
+            from azure.core.exceptions import AzureError
+            from azure.servicebus.exceptions import ServiceBusError
+
             with contextlib.suppress(AzureError, ServiceBusError, OSError):
                 sender.close()
 

@@ -7,6 +7,7 @@ untouched), so a broken benchmark fails the test command instead of printing non
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,42 @@ def test_the_storm_benchmark_loses_nothing_under_the_limits() -> None:
     figures = storm(120, 4, 60, 1.0, 0.0)
     assert figures["compliant_at_end"] == 120 and figures["lost"] == 0
     assert figures["requests_per_change"] == 3.0
+
+
+def _quick(script: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--quick"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_cold_start_benchmark_runs_and_leaves_service_bus_for_first_use() -> None:
+    out = _quick("coldstart.py")
+    assert re.search(
+        r"^cold start: \d+ ms vs bare deps \d+ ms = [\d.]+x \(goal <= 1\.3x\); "
+        r"peak RSS \d+ MB \(goal < 100 MB\)$",
+        out,
+        re.MULTILINE,
+    ), out
+    assert re.search(r"^cold start CPU time: \d+ ms vs bare deps \d+ ms = [\d.]+x", out, re.M)
+    # Start-up built the worker without importing what only a scheduled retry needs.
+    assert "worker built at start-up: True" in out
+    assert "left for first use: azure.servicebus" in out
+
+
+def test_the_core_benchmark_runs_on_compliant_and_violating_bodies() -> None:
+    out = _quick("core.py")
+    assert "decisions: {'compliant -> compliant': 10, 'violating -> violation': 10}" in out
+    for kind in ("compliant", "violating", "all"):
+        assert re.search(
+            rf"^core \({kind}\): parse \+ decide \d+ us vs json\.loads \d+ us per message = "
+            r"[\d.]+x \(goal <= 2\.0x\)$",
+            out,
+            re.MULTILINE,
+        ), out

@@ -55,3 +55,5 @@ def test_after_a_429_every_thread_of_the_client_holds_back() -> None:
     client._open_at = time.monotonic() + 5.0  # as a 429 with Retry-After 5 sets it
     client._hold_back()
     assert len(slept) == 1 and 4.0 < slept[0] <= 5.0
+    client._hold_back()  # the gate was passed: a later request does not wait again
+    assert len(slept) == 1
