@@ -91,10 +91,10 @@ Value: TypeAlias = (
 # "/Date(1506409448000-0700)/": epoch milliseconds (UTC); the offset only says where it was taken.
 # Sixteen digits reach far past year 9999; more is not a date (and int() of thousands of digits
 # is refused by Python), so such text stays a plain string.
-_DATE = re.compile(r"^/Date\((-?\d{1,16})([+-]\d{4})?\)/$")
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_DATE = re.compile(r"^/Date\((-?\d{1,16})([+-]\d{4})?\)/\Z")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 # A row version is Dataverse's versionnumber: a decimal counter that becomes an If-Match header.
-_ROW_VERSION = re.compile(r"^[0-9]{1,20}$")
+_ROW_VERSION = re.compile(r"^[0-9]{1,20}\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -24,9 +24,9 @@ from pydantic_core import PydanticCustomError
 from guardrails.mailbox import DELIVERY_METHODS, Column
 
 ORGANIZATION_DEFAULT = "organization_default"
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_DURATION = re.compile(r"^([0-9]{1,9})\s*([smhd])$")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+_DURATION = re.compile(r"^([0-9]{1,9})\s*([smhd])\Z")
 
 # Every number has a range, every text a size: a policy is input, and the function trusts it.
 MAX_PER_MAILBOX = 1000

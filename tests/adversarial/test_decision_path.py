@@ -252,3 +252,17 @@ def test_a_body_over_the_size_limit_is_rejected_unread() -> None:
     result = parse_message(body, max_bytes=1_000_000)
     assert isinstance(result, Rejection)
     assert "1000000" in result.reason.replace(",", "")
+
+
+@pytest.mark.parametrize("field", ["PrimaryEntityId", "RowVersion"])
+def test_a_trailing_newline_does_not_pass_as_a_guid_or_a_row_version(field: str) -> None:
+    """Python's `$` matches before a final newline: `id\\n` and `123\\n` must still be refused,
+    or the newline would reach a URL or an If-Match header."""
+    data = mailbox(changes={"incomingemaildeliverymethod": 3}, before=USER_MAILBOX)
+    if field == "RowVersion":
+        target_of(data)["RowVersion"] = "123\n"
+    else:
+        data[field] = MAILBOX_ID + "\n"
+    result = parse_message(to_body(data))
+    assert isinstance(result, Rejection), result
+    assert field in result.reason
