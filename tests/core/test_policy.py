@@ -285,11 +285,15 @@ def test_a_window_too_long_for_the_clock_is_refused_by_the_model_itself() -> Non
 
 
 def test_the_largest_window_works_with_the_notification_throttle() -> None:
-    from guardrails.notify import NotificationThrottle
+    from guardrails.clients.tables import MemoryTable
+    from guardrails.state.throttle import SharedThrottle
 
     limits = parse_policy(THROTTLE + "    window: 30d\n").notifications.throttle
-    throttle = NotificationThrottle(
-        limits.max_per_mailbox, limits.window_seconds, clock=lambda: 0.0
+    throttle = SharedThrottle(
+        MemoryTable("throttle"),
+        limit=limits.max_per_mailbox,
+        window=limits.window_seconds,
+        clock=lambda: 0.0,
     )
     assert throttle.allow("mailbox")
 

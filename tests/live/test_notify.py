@@ -1,6 +1,6 @@
 from guardrails.engine import Decision, Outcome, Violation
 from guardrails.mailbox import Column
-from guardrails.notify import NotificationThrottle, recipients
+from guardrails.notify import recipients
 from guardrails.policy.model import Notifications
 from guardrails.render import render
 
@@ -81,13 +81,3 @@ def test_recipients_admins_only_when_owner_is_not_notified() -> None:
     assert to is not None and to.to == ("secops@contoso.com",) and to.cc == ()
     assert recipients(decision(notify_owner=False), "adele@contoso.com") is None
     assert recipients(decision(), None) is None
-
-
-def test_throttle_allows_limit_per_window_per_mailbox() -> None:
-    now = [0.0]
-    throttle = NotificationThrottle(2, 3600, clock=lambda: now[0])
-    assert throttle.allow("a") and throttle.allow("a")
-    assert not throttle.allow("a")
-    assert throttle.allow("b")
-    now[0] = 3600.5
-    assert throttle.allow("a")
