@@ -121,6 +121,44 @@ def mailbox_state(row: Mapping[str, Any]) -> MailboxState:
     )
 
 
+# What the engine knows of a user, and the one reading of a `systemusers` row into it.
+USER_COLUMNS = (
+    "systemuserid",
+    "fullname",
+    "internalemailaddress",
+    "domainname",
+    "isdisabled",
+    "accessmode",
+)
+
+
+def user_facts(user_id: str, row: Mapping[str, Any]) -> UserFacts:
+    """A `systemusers` row as the engine knows a user, for a single read or a page of them."""
+    email = row.get("internalemailaddress") or None
+    upn = row.get("domainname") or None
+    disabled = bool(row.get("isdisabled"))
+    return UserFacts(
+        id=user_id.lower(),
+        email=str(email) if email else None,
+        name=row.get("fullname") or upn,
+        upn=str(upn) if upn else None,
+        disabled=disabled,
+        # 0 Read-Write, 1 Administrative: people. 3 Support, 4 Non-interactive: not.
+        interactive=row.get("accessmode", 0) in (0, 1) and not disabled,
+    )
+
+
+def queue_facts(queue_id: str, row: Mapping[str, Any], owner_user_id: str | None) -> QueueFacts:
+    """A `queues` row with the user answerable for it (resolved by the caller for a team)."""
+    name, email = row.get("name"), row.get("emailaddress")
+    return QueueFacts(
+        id=queue_id,
+        name=name if isinstance(name, str) else None,
+        email=email if isinstance(email, str) and email else None,
+        owner_user_id=owner_user_id,
+    )
+
+
 def _body(response: requests.Response) -> Any:
     """A response's JSON with lone surrogates replaced: names and addresses are typed by
     people, and every later output (logs, tables, mail) must be able to encode them."""
@@ -252,22 +290,10 @@ class DataverseClient(ApiClient):
             self.request(
                 "GET",
                 f"systemusers({user_id})",
-                params={
-                    "$select": "fullname,internalemailaddress,domainname,isdisabled,accessmode"
-                },
+                params={"$select": ",".join(USER_COLUMNS[1:])},
             )
         )
-        email = data.get("internalemailaddress") or None
-        upn = data.get("domainname") or None
-        return UserFacts(
-            id=user_id.lower(),
-            email=str(email) if email else None,
-            name=data.get("fullname") or upn,
-            upn=str(upn) if upn else None,
-            disabled=bool(data.get("isdisabled")),
-            # 0 Read-Write, 1 Administrative: people. 3 Support, 4 Non-interactive: not.
-            interactive=data.get("accessmode", 0) in (0, 1) and not data.get("isdisabled"),
-        )
+        return user_facts(user_id, data)
 
     def _load_roles(self, user_id: str) -> tuple[frozenset[str], frozenset[str]]:
         data = _body(
@@ -311,13 +337,7 @@ class DataverseClient(ApiClient):
             owner_user_id = admin.lower() if is_guid(admin) else None
         elif owner is not None:
             owner_user_id = owner.id if is_guid(owner.id) else None
-        name, email = row.get("name"), row.get("emailaddress")
-        return QueueFacts(
-            id=queue_id,
-            name=name if isinstance(name, str) else None,
-            email=email if isinstance(email, str) and email else None,
-            owner_user_id=owner_user_id,
-        )
+        return queue_facts(queue_id, row, owner_user_id)
 
     def organization_defaults(self) -> dict[Column, int | str]:
         """Settings > Email > Email settings: delivery methods and the default server profile."""

@@ -21,9 +21,12 @@ from typing import Any
 from guardrails.clients.dataverse import (
     LOOKUP_ANNOTATION,
     MAILBOX_COLUMNS,
+    USER_COLUMNS,
     DataverseClient,
     key,
     mailbox_state,
+    queue_facts,
+    user_facts,
 )
 from guardrails.engine import QueueFacts, UserFacts
 from guardrails.errors import PermanentServiceError
@@ -83,21 +86,9 @@ def users(client: DataverseClient, ids: Iterable[str]) -> dict[str, UserFacts]:
     found: dict[str, UserFacts] = {}
     for chunk in _chunks(ids):
         clause = " or ".join(f"systemuserid eq {key(i, 'a user')}" for i in chunk)
-        for row in iter_rows(
-            client,
-            "systemusers",
-            select=("systemuserid", "fullname", "internalemailaddress", "domainname", "isdisabled"),
-            filter=clause,
-        ):
+        for row in iter_rows(client, "systemusers", select=USER_COLUMNS, filter=clause):
             user_id = str(row.get("systemuserid", "")).lower()
-            email, upn = row.get("internalemailaddress") or None, row.get("domainname") or None
-            found[user_id] = UserFacts(
-                id=user_id,
-                email=str(email) if email else None,
-                name=row.get("fullname") or upn,
-                upn=str(upn) if upn else None,
-                disabled=bool(row.get("isdisabled")),
-            )
+            found[user_id] = user_facts(user_id, row)
     return found
 
 
@@ -136,14 +127,7 @@ def queues(client: DataverseClient, ids: Iterable[str]) -> dict[str, QueueFacts]
         if row.get(f"_ownerid_value@{LOOKUP_ANNOTATION}") == "team" and owner_id:
             owner_id = admins.get(owner_id)
         queue_id = str(row.get("queueid", "")).lower()
-        email = row.get("emailaddress")
-        name = row.get("name")
-        found[queue_id] = QueueFacts(
-            id=queue_id,
-            name=name if isinstance(name, str) else None,
-            email=email if isinstance(email, str) and email else None,
-            owner_user_id=owner_id,
-        )
+        found[queue_id] = queue_facts(queue_id, row, owner_id)
     return found
 
 

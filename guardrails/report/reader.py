@@ -13,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from guardrails.clients.dataverse import MAILBOX_COLUMNS, DataverseClient, mailbox_state
+from guardrails.clients import dataverse
+from guardrails.clients.dataverse import (
+    MAILBOX_COLUMNS,
+    USER_COLUMNS,
+    DataverseClient,
+    mailbox_state,
+)
 from guardrails.engine import QueueFacts, UserFacts
 from guardrails.errors import PermanentServiceError
 from guardrails.report.model import MailboxRow
@@ -30,14 +36,6 @@ ANNOTATIONS = (
     'OData.Community.Display.V1.FormattedValue"'
 )
 MAILBOX_SELECT = (*MAILBOX_COLUMNS, "modifiedon", "_owningbusinessunit_value")
-USER_SELECT = (
-    "systemuserid",
-    "internalemailaddress",
-    "domainname",
-    "fullname",
-    "accessmode",
-    "isdisabled",
-)
 QUEUE_SELECT = ("queueid", "emailaddress", "name", "_ownerid_value")
 
 
@@ -95,21 +93,11 @@ def mailbox_rows(client: DataverseClient, page_size: int = PAGE_SIZE) -> Iterato
 
 
 def user_facts(row: Mapping[str, Any]) -> UserFacts | None:
-    """A systemusers row as the engine knows a user (as DataverseClient.get_user reads one)."""
+    """A systemusers row as the engine knows a user (the client's one reading of it)."""
     user_id = row.get("systemuserid")
     if not is_guid(user_id):
         return None
-    email, upn = _text(row, "internalemailaddress"), _text(row, "domainname")
-    disabled = bool(row.get("isdisabled"))
-    return UserFacts(
-        id=str(user_id).lower(),
-        email=email,
-        name=_text(row, "fullname") or upn,
-        upn=upn,
-        disabled=disabled,
-        # 0 Read-Write, 1 Administrative: people. 3 Support, 4 Non-interactive: not.
-        interactive=row.get("accessmode", 0) in (0, 1) and not disabled,
-    )
+    return dataverse.user_facts(str(user_id), row)
 
 
 def queue_facts(row: Mapping[str, Any]) -> QueueFacts | None:
@@ -131,7 +119,7 @@ def queue_facts(row: Mapping[str, Any]) -> QueueFacts | None:
 def directory(client: DataverseClient, page_size: int = PAGE_SIZE) -> Directory:
     """Every user and queue, by id: what `own_addresses` compares a mailbox's address with."""
     users: dict[str, UserFacts] = {}
-    for row in rows(client, "systemusers", USER_SELECT, page_size):
+    for row in rows(client, "systemusers", USER_COLUMNS, page_size):
         user = user_facts(row)
         if user is not None:
             users[user.id] = user
