@@ -226,14 +226,10 @@ class Executor:
                 else self._decide(attempt)
             )
             if again.outcome is not Outcome.VIOLATION or not again.patch:
-                assert attempt.progress is not None
-                self.state.ledger.done(attempt.progress, notified=(), errors=())
-                return NothingToDo(again, again.reason)
+                return self._stand_down(attempt, again)
             again, rewritten = self._write(attempt, again)
             if again.outcome is not Outcome.VIOLATION:
-                assert attempt.progress is not None
-                self.state.ledger.done(attempt.progress, notified=(), errors=())
-                return NothingToDo(again, again.reason)
+                return self._stand_down(attempt, again)
             return self._after_write(attempt, again, rewritten)
 
         result = self._guarded(finish, decision)
@@ -288,7 +284,6 @@ class Executor:
     def _enforce(
         self, context: ExecutionContext, key: str, message_id: str | None, holder: str
     ) -> Result:
-        ledger = self.state.ledger
         attempt = _Attempt(
             context,
             key,
@@ -302,10 +297,7 @@ class Executor:
                 return resumed
         decision = self._decide(attempt)
         if decision.outcome is not Outcome.VIOLATION:
-            self._accept_exemption(attempt, decision)
-            if attempt.progress is not None:
-                ledger.done(attempt.progress, notified=(), errors=())
-            return NothingToDo(decision, decision.reason)
+            return self._stand_down(attempt, decision)
         if self.dry_run:
             return Done(decision, wrote=False)
         self._claim(attempt, decision)
@@ -313,11 +305,16 @@ class Executor:
         if decision.patch:
             decision, written = self._write(attempt, decision)
             if decision.outcome is not Outcome.VIOLATION:
-                self._accept_exemption(attempt, decision)
-                assert attempt.progress is not None
-                ledger.done(attempt.progress, notified=(), errors=())
-                return NothingToDo(decision, decision.reason)
+                return self._stand_down(attempt, decision)
         return self._after_write(attempt, decision, written)
+
+    def _stand_down(self, attempt: _Attempt, decision: Decision) -> NothingToDo:
+        """Nothing (more) to write: an exempt user's change is accepted, a claimed message is
+        marked done, so a redelivery finds it finished."""
+        self._accept_exemption(attempt, decision)
+        if attempt.progress is not None:
+            self.state.ledger.done(attempt.progress, notified=(), errors=())
+        return NothingToDo(decision, decision.reason)
 
     def _resume(self, attempt: _Attempt) -> Result | None:
         """Continue from the ledger: None when there is nothing to resume (decide afresh)."""
