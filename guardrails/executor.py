@@ -279,6 +279,10 @@ class Executor:
             return GiveUp(decision.reason, decision)
         if not isinstance(parsed, ExecutionContext) or decision.event is None:
             return NothingToDo(decision, decision.reason)  # not a governed mailbox event
+        if decision.outcome is Outcome.COMPLIANT and not decision.unverified:
+            # Settled without a fact to look up, so never claimed in the ledger either: a
+            # compliant change costs no Dataverse request and no ledger read.
+            return NothingToDo(decision, decision.reason)
         return self._guarded(lambda: self._enforce(parsed, key, message_id, holder), decision)
 
     def _enforce(

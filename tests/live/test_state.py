@@ -231,3 +231,42 @@ def test_a_ledger_over_a_closed_port_is_a_transient_failure() -> None:
     with pytest.raises(StoreUnavailable) as caught:
         ledger.get(message_key(b"x"))
     assert caught.value.retryable
+
+
+def test_a_compliant_change_never_touches_the_ledger() -> None:
+    """Only violations are claimed, so a compliant change needs no ledger read (the hot path)."""
+    from guardrails.clients.tables import MemoryTable, StoreRejected
+    from guardrails.executor import Executor
+    from guardrails.outcomes import NothingToDo
+    from guardrails.sandbox.messages import mailbox_message, to_body
+    from tests.core.conftest import ORG, make_policy
+
+    class NoLedger(MemoryTable):
+        def get(self, partition_key: str, row_key: str) -> None:  # type: ignore[override]
+            raise StoreRejected("the ledger was read", table=self.name)
+
+    store = TableStore(
+        lambda name: NoLedger(name) if name.endswith("Ledger") else MemoryTable(name)
+    )
+    records: list[dict[str, object]] = []
+    executor = Executor(
+        policy=make_policy(),
+        dataverse=None,  # type: ignore[arg-type]  # a compliant change reaches no service
+        mailer=None,
+        audit=records.append,
+        state=State.over(store, limit=3, window=3600),
+    )
+    body = to_body(
+        mailbox_message(
+            message="Update",
+            mailbox_id=MAILBOX,
+            organization_id=ORG,
+            user_id="11bb11bb-cc22-dd33-ee44-55ff55ff55ff",
+            changes={"incomingemaildeliverymethod": 2},
+            before={"incomingemaildeliverymethod": 3, "regardingobjectid": ("systemuser", MAILBOX)},
+        )
+    )
+    result = executor.process(body)
+    assert isinstance(result, NothingToDo) and result.decision is not None
+    assert result.decision.outcome.value == "compliant"
+    assert [r["outcome"] for r in records] == ["compliant"]  # still audited
