@@ -62,9 +62,6 @@ _log = structlog.get_logger("guardrails.worker")
 class RetryableFailure(GuardrailsError):
     """Raised so the Functions host abandons the message and Service Bus delivers it again."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-
 
 @dataclass(frozen=True, slots=True)
 class Handled:
