@@ -274,7 +274,10 @@ class Executor:
     def _run(
         self, parsed: ExecutionContext | Rejection, key: str, message_id: str | None, holder: str
     ) -> Result:
-        decision = decide(parsed, self.policy)  # offline first: most messages end here
+        # Offline first: most messages end here. Once WhoAmI is known, the guardrail's own
+        # writes are recognised here too, without a request.
+        known = Facts(guardrail_user_id=self.dataverse.known_user_id)
+        decision = decide(parsed, self.policy, known)
         if decision.outcome is Outcome.REJECTED:
             return GiveUp(decision.reason, decision)
         if not isinstance(parsed, ExecutionContext) or decision.event is None:

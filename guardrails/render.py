@@ -610,6 +610,16 @@ class _Scanner:
                     state = "data"
                     continue
             index += 1
+        if state not in {"data", "text of", "bogus"} and markup:
+            # The text ends inside a tag (an unclosed quote or `<`): at the end of the input
+            # browsers drop such a tag while other parsers keep it, so where a value would land
+            # is a guess. Refused rather than guessed.
+            self.problems.append(
+                (
+                    start,
+                    "the template ends inside a tag (an unclosed quote or '<'); close the tag",
+                )
+            )
 
     def tag_end(self, tag: str, start: int, *, closing: bool) -> tuple[str, str, bool]:
         """The state after a tag: data, or the text of an element that switches the tokenizer."""

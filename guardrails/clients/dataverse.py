@@ -220,6 +220,11 @@ class DataverseClient(ApiClient):
         self._org: TtlCache[str, dict[Column, int | str]] = TtlCache(cache_ttl)
         self._queues: TtlCache[str, QueueFacts] = TtlCache(cache_ttl)
 
+    @property
+    def known_user_id(self) -> str | None:
+        """The app's own systemuserid if WhoAmI was already answered (never a request)."""
+        return self._whoami.user_id if self._whoami is not None else None
+
     def whoami(self) -> WhoAmI:
         """The app's own systemuserid; it never changes while the process lives."""
         with self._whoami_lock:  # one request per process, however many messages arrive at once

@@ -546,3 +546,12 @@ def test_any_accepted_template_keeps_values_out_of_the_markup(pieces: list[str])
     assert structure(hostile, payload, stand_in) == structure(benign, stand_in, stand_in)
     if "{{" in template:
         assert html.escape(payload) in hostile
+
+
+def test_a_template_ending_inside_a_tag_is_refused() -> None:
+    """Found by the property above: `<a title="<p><a {{ owner_name }}<p>` ends inside a quoted
+    value, where browsers drop the tag and other parsers keep it; where a value lands would be
+    a guess."""
+    for template in ('<a title="<p><a {{ owner_name }}<p>', "<p>{{ owner_name }}</p><a href", "<"):
+        with pytest.raises(ValidationError, match="ends inside a tag"):
+            Notifications(sender=SENDER, template=template)

@@ -235,6 +235,8 @@ def test_a_ledger_over_a_closed_port_is_a_transient_failure() -> None:
 
 def test_a_compliant_change_never_touches_the_ledger() -> None:
     """Only violations are claimed, so a compliant change needs no ledger read (the hot path)."""
+    from guardrails.clients.dataverse import DataverseClient
+    from guardrails.clients.http import new_session
     from guardrails.clients.tables import MemoryTable, StoreRejected
     from guardrails.executor import Executor
     from guardrails.outcomes import NothingToDo
@@ -245,13 +247,19 @@ def test_a_compliant_change_never_touches_the_ledger() -> None:
         def get(self, partition_key: str, row_key: str) -> None:  # type: ignore[override]
             raise StoreRejected("the ledger was read", table=self.name)
 
+    class NoTokens:
+        def token(self, scope: str, *, force_refresh: bool = False) -> str:
+            raise AssertionError("a compliant change asked for a token")
+
     store = TableStore(
         lambda name: NoLedger(name) if name.endswith("Ledger") else MemoryTable(name)
     )
     records: list[dict[str, object]] = []
     executor = Executor(
         policy=make_policy(),
-        dataverse=None,  # type: ignore[arg-type]  # a compliant change reaches no service
+        dataverse=DataverseClient(
+            "https://dataverse.invalid", tokens=NoTokens(), session=new_session()
+        ),
         mailer=None,
         audit=records.append,
         state=State.over(store, limit=3, window=3600),
