@@ -3,6 +3,10 @@
 MSAL caches and refreshes tokens itself; this wrapper adds a forced refresh (after a 401) and
 builds the MSAL application lazily, because constructing one already talks to the authority and
 start-up must not depend on the network.
+
+`cryptography` is imported only to read a client certificate, azure-core only when an Azure SDK
+asks :class:`TokenProviderCredential` for a token, and the table of fixes for refused credentials
+only when one is refused: start-up with a client secret or a managed identity pays for none.
 """
 
 from __future__ import annotations
@@ -11,18 +15,19 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msal
 import requests
 import structlog
-from azure.core.credentials import AccessToken
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from guardrails.clients.auth_fixes import CredentialFix, fix_for
 from guardrails.errors import AuthenticationError, ConfigurationError
 from guardrails.settings import Credentials
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken
+
+    from guardrails.clients.auth_fixes import CredentialFix
 
 _log = structlog.get_logger("guardrails.auth")
 # (client id, AADSTS code) already logged by this process: a refused credential is logged once,
@@ -37,6 +42,9 @@ class TokenProvider(Protocol):
 
 def certificate_credential(pem: bytes, password: str | None = None) -> dict[str, str]:
     """MSAL's certificate credential from one PEM holding the private key and the certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_pem_private_key(
             pem, password=password.encode() if password else None
@@ -149,6 +157,8 @@ class MsalTokenProvider:
             details = result if isinstance(result, dict) else {}
             code = details.get("error")
             text = details.get("error_description") or code or "no access token in the response"
+            from guardrails.clients.auth_fixes import fix_for  # the fixes table: refusals only
+
             fix = fix_for(str(text))
             if fix is not None:
                 self._report(fix, scope)
@@ -205,6 +215,8 @@ class TokenProviderCredential:
         enable_cae: bool = False,
         **kwargs: Any,
     ) -> AccessToken:
+        from azure.core.credentials import AccessToken
+
         if len(scopes) != 1:
             raise ValueError(f"exactly one scope is supported, found {scopes!r}")
         token = self._tokens.token(scopes[0], force_refresh=claims is not None)

@@ -13,7 +13,6 @@ base-60 numbers stay text. Every problem found is a PolicyIssue with its line an
 from __future__ import annotations
 
 import codecs
-import difflib
 import json
 import re
 from collections.abc import Iterable
@@ -422,7 +421,9 @@ def _message(kind: str, loc: _Path, error: Any, where: str) -> str:
         parent = _model_at(loc[:-1])
         hint = ""
         if parent is not None:
-            close = difflib.get_close_matches(name, list(parent.model_fields), n=1)
+            from difflib import get_close_matches  # only for a policy with a mistake in it
+
+            close = get_close_matches(name, list(parent.model_fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             hint += "; allowed here: " + ", ".join(parent.model_fields)
         return f"unknown key {quoted(name)}{hint}"
