@@ -47,6 +47,9 @@ of more than 100 operations with a malformed response; both are checked here bef
 
 Configuration (:func:`storage_settings`, :func:`table_store`) follows the Functions host's own
 conventions for ``AzureWebJobsStorage``; ``GUARDRAILS_STORAGE`` overrides it in the same forms.
+
+The SDK (azure-core and azure-data-tables) is imported, and the service client built, on the first
+table access, not at start-up: the settings are checked then, the tables named, nothing more.
 """
 
 from __future__ import annotations
@@ -60,30 +63,10 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 from urllib.parse import urlsplit
-
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-from azure.core.utils import parse_connection_string
-from azure.data.tables import (
-    EdmType,
-    EntityProperty,
-    TableClient,
-    TableEntity,
-    TableServiceClient,
-    TableTransactionError,
-    UpdateMode,
-)
 
 from guardrails.clients.auth import MsalTokenProvider, TokenProvider, TokenProviderCredential
 from guardrails.clients.http import new_session, retry_after_seconds
@@ -97,6 +80,11 @@ from guardrails.errors import (
 from guardrails.policy.model import is_guid
 from guardrails.settings import Credentials
 
+if TYPE_CHECKING:
+    from azure.core.exceptions import AzureError
+    from azure.data.tables import TableClient, TableEntity, TableServiceClient
+    from azure.data.tables import UpdateMode as SdkUpdateMode
+
 __all__ = [
     "DEFAULT_TABLE_PREFIX",
     "MAX_TRANSACTION_OPERATIONS",
@@ -108,6 +96,7 @@ __all__ = [
     "EntityChanged",
     "EntityExists",
     "FilterValue",
+    "LazyService",
     "MemoryTable",
     "Operation",
     "StorageSettings",
@@ -151,6 +140,15 @@ _MAX_BINARY_BYTES = 64 * 1024
 _MAX_ENTITY_BYTES = 1024 * 1024
 _MAX_TRANSACTION_BYTES = 4 * 1024 * 1024
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class UpdateMode(StrEnum):
+    """What a write does to the stored properties it does not name: MERGE keeps them, REPLACE
+    drops them. The values are the SDK's own (it takes them as text), so the SDK need not be
+    imported to name them."""
+
+    REPLACE = "replace"
+    MERGE = "merge"
 
 
 # --------------------------------------------------------------------------------------------
@@ -902,6 +900,8 @@ def _written(current: _Stored | None, entity: Entity, mode: UpdateMode) -> dict[
 
 
 def _to_sdk(entity: Entity) -> dict[str, Any]:
+    from azure.data.tables import EdmType
+
     body: dict[str, Any] = {"PartitionKey": entity.partition_key, "RowKey": entity.row_key}
     for name, value in entity.properties.items():
         if value is None:
@@ -913,7 +913,15 @@ def _to_sdk(entity: Entity) -> dict[str, Any]:
     return body
 
 
+def _sdk_mode(mode: UpdateMode) -> SdkUpdateMode:
+    from azure.data.tables import UpdateMode as SdkUpdateMode
+
+    return SdkUpdateMode(UpdateMode(mode).value)
+
+
 def _from_sdk(entity: TableEntity) -> Entity:
+    from azure.data.tables import EntityProperty
+
     properties: dict[str, Value] = {}
     for name, raw in entity.items():
         if name in _KEY_NAMES:
@@ -938,8 +946,13 @@ def _summary(text: str | None) -> str:
     return re.sub(r"^\d+:", "", lines[0]).strip() if lines else "no details"
 
 
-def _transaction_index(error: TableTransactionError) -> int | None:
-    """Table Storage prefixes the failing part's message with its index ("2:The ...")."""
+def _transaction_index(error: AzureError) -> int | None:
+    """Table Storage prefixes the failing part's message with its index ("2:The ...");
+    None for any other error."""
+    from azure.data.tables import TableTransactionError
+
+    if not isinstance(error, TableTransactionError):
+        return None
     match = re.match(r"\s*(\d+):", error.message or "")
     return int(match.group(1)) if match else None
 
@@ -955,6 +968,15 @@ def _translate(
 ) -> TableStoreError:
     """azure-core's error as ours. `missing` says what a 404 means for the entity this request
     names; None when a 404 can only mean that the table itself is gone (insert, query)."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceExistsError,
+        ResourceModifiedError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
     where: dict[str, Any] = {
         "table": table,
         "partition_key": partition_key,
@@ -1014,9 +1036,10 @@ class AzureTable:
     Build it through :class:`TableStore` (one object per table per process); the SDK clients it
     uses are thread-safe, and so is the one-time creation. If the table is deleted behind its
     back, the failing call raises :class:`StoreUnavailable` and the next one creates it again.
+    `service` is the SDK's client, or what builds it on first use (:class:`LazyService`).
     """
 
-    def __init__(self, service: TableServiceClient, name: str) -> None:
+    def __init__(self, service: TableServiceClient | LazyService, name: str) -> None:
         self._service = service
         self._name = name
         self._lock = threading.Lock()
@@ -1032,10 +1055,15 @@ class AzureTable:
         client = self._client
         if client is not None:
             return client
+        from azure.core.exceptions import AzureError
+
         with self._lock:
             if self._client is None:
+                service = self._service
+                if isinstance(service, LazyService):
+                    service = service.client()
                 try:
-                    self._client = self._service.create_table_if_not_exists(self._name)
+                    self._client = service.create_table_if_not_exists(self._name)
                 except AzureError as exc:
                     raise _translate(
                         exc, table=self._name, partition_key=partition_key, row_key=row_key
@@ -1050,6 +1078,8 @@ class AzureTable:
         return error
 
     def create(self, entity: Entity) -> str:
+        from azure.core.exceptions import AzureError
+
         client = self._table(entity.partition_key, entity.row_key)
         try:
             result = client.create_entity(_to_sdk(entity))
@@ -1063,6 +1093,8 @@ class AzureTable:
     def get(self, partition_key: str, row_key: str) -> Entity | None:
         _check_key("PartitionKey", partition_key)
         _check_key("RowKey", row_key)
+        from azure.core.exceptions import AzureError
+
         client = self._table(partition_key, row_key)
         try:
             found = client.get_entity(partition_key, row_key)
@@ -1077,11 +1109,14 @@ class AzureTable:
 
     def update(self, entity: Entity, *, etag: str, mode: UpdateMode = UpdateMode.MERGE) -> str:
         _check_etag(etag)
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError
+
         client = self._table(entity.partition_key, entity.row_key)
         try:
             result = client.update_entity(
                 _to_sdk(entity),
-                mode=UpdateMode(mode),
+                mode=_sdk_mode(mode),
                 etag=etag,
                 match_condition=MatchConditions.IfNotModified,
             )
@@ -1095,9 +1130,11 @@ class AzureTable:
         return str(result["etag"])
 
     def upsert(self, entity: Entity, *, mode: UpdateMode = UpdateMode.MERGE) -> str:
+        from azure.core.exceptions import AzureError
+
         client = self._table(entity.partition_key, entity.row_key)
         try:
-            result = client.upsert_entity(_to_sdk(entity), mode=UpdateMode(mode))
+            result = client.upsert_entity(_to_sdk(entity), mode=_sdk_mode(mode))
         except AzureError as exc:
             raise self._fail(
                 exc, partition_key=entity.partition_key, row_key=entity.row_key
@@ -1107,6 +1144,9 @@ class AzureTable:
     def delete(self, partition_key: str, row_key: str, *, etag: str | None = None) -> None:
         _check_key("PartitionKey", partition_key)
         _check_key("RowKey", row_key)
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError
+
         condition: dict[str, Any] = {}
         if etag is not None:
             condition = {
@@ -1141,6 +1181,8 @@ class AzureTable:
     def _results(
         self, compiled: _Filter, select: list[str] | None, page_size: int | None
     ) -> Iterator[Entity]:
+        from azure.core.exceptions import AzureError
+
         client = self._table()
         try:
             if compiled.expression is None:
@@ -1161,11 +1203,13 @@ class AzureTable:
         ops = _check_transaction(self._name, operations)
         if not ops:
             return []
+        from azure.core.exceptions import AzureError
+
         client = self._table(_operation_key(ops[0])[0])
         try:
             parts = client.submit_transaction([_sdk_operation(op) for op in ops])
         except AzureError as exc:
-            index = _transaction_index(exc) if isinstance(exc, TableTransactionError) else None
+            index = _transaction_index(exc)
             if index is not None and 0 <= index < len(ops):
                 partition_key, row_key = _operation_key(ops[index])
                 raise self._fail(
@@ -1185,17 +1229,19 @@ class AzureTable:
 
 
 def _sdk_operation(op: Operation) -> tuple[Any, ...]:
+    from azure.core import MatchConditions
+
     if isinstance(op, Create):
         return ("create", _to_sdk(op.entity))
     if isinstance(op, Update):
         condition = {
-            "mode": op.mode,
+            "mode": _sdk_mode(op.mode),
             "etag": op.etag,
             "match_condition": MatchConditions.IfNotModified,
         }
         return ("update", _to_sdk(op.entity), condition)
     if isinstance(op, Upsert):
-        return ("upsert", _to_sdk(op.entity), {"mode": op.mode})
+        return ("upsert", _to_sdk(op.entity), {"mode": _sdk_mode(op.mode)})
     keys = {"PartitionKey": op.partition_key, "RowKey": op.row_key}
     if op.etag is None:
         return ("delete", keys)
@@ -1226,6 +1272,32 @@ def table_prefix_problems(prefix: str) -> list[str]:
     return problems
 
 
+class LazyService:
+    """The SDK's ``TableServiceClient``, built by `build` when a table is first used.
+
+    Start-up then neither imports the SDK nor builds its client. Built exactly once, however
+    many invocations of the worker reach their first table access together.
+    """
+
+    def __init__(self, build: Callable[[], TableServiceClient]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._client: TableServiceClient | None = None
+
+    def client(self) -> TableServiceClient:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def close(self) -> None:
+        """Close the client's connections, if it was built."""
+        with self._lock:
+            client = self._client
+        if client is not None:
+            client.close()
+
+
 class TableStore:
     """All tables of the app, named ``<prefix><name>``; one shared :class:`Table` per name.
 
@@ -1237,7 +1309,7 @@ class TableStore:
         open_table: Callable[[str], Table],
         *,
         prefix: str = DEFAULT_TABLE_PREFIX,
-        endpoint: str | None = None,
+        endpoint: str | Callable[[], str] | None = None,
         close: Callable[[], None] | None = None,
     ) -> None:
         problems = table_prefix_problems(prefix)
@@ -1256,13 +1328,21 @@ class TableStore:
 
     @classmethod
     def azure(
-        cls, service: TableServiceClient, *, prefix: str = DEFAULT_TABLE_PREFIX
+        cls, service: TableServiceClient | LazyService, *, prefix: str = DEFAULT_TABLE_PREFIX
     ) -> TableStore:
+        """Tables in Table Storage through the SDK's `service`, or through the one a
+        :class:`LazyService` builds when a table is first used."""
+        if isinstance(service, LazyService):
+            lazy = service
+        else:
+            built = service
+            lazy = LazyService(lambda: built)
+            lazy.client()  # given built, so close() closes it, whether a table was used or not
         return cls(
-            lambda name: AzureTable(service, name),
+            lambda name: AzureTable(lazy, name),
             prefix=prefix,
-            endpoint=service.url,
-            close=service.close,
+            endpoint=lambda: lazy.client().url,
+            close=lazy.close,
         )
 
     @property
@@ -1271,8 +1351,9 @@ class TableStore:
 
     @property
     def endpoint(self) -> str | None:
-        """The table service's URL (for logs); None in memory."""
-        return self._endpoint
+        """The table service's URL (for logs); None in memory. Asking builds the SDK's client
+        if no table was used yet (nothing is sent)."""
+        return self._endpoint() if callable(self._endpoint) else self._endpoint
 
     def table(self, name: str) -> Table:
         """The table ``prefix + name``; `name` is letters and digits, e.g. ``"Ledger"``."""
@@ -1419,10 +1500,10 @@ def storage_settings(environ: Mapping[str, str] | None = None) -> StorageSetting
 
 def _connection_string_problems(source: str, value: str) -> list[str]:
     """What keeps the SDK from using a connection string; never repeats its secret parts."""
-    if value.replace(" ", "").lower() == "usedevelopmentstorage=true":
+    if value.lower() == "usedevelopmentstorage=true":  # exactly as the SDK recognises it
         return []
     try:
-        parts = parse_connection_string(value, case_sensitive_keys=False)
+        parts = _connection_string_parts(value)
     except ValueError:
         return [
             f"{source} is not a connection string (Key=Value pairs separated by ';', such as "
@@ -1444,7 +1525,26 @@ def _connection_string_problems(source: str, value: str) -> list[str]:
             problems.append(f"{source}: TableEndpoint must be an http(s) URL, found '{endpoint}'")
     elif "accountname" not in parts:
         problems.append(f"{source} needs TableEndpoint or AccountName to know the table endpoint")
+    elif "tablesecondaryendpoint" in parts:
+        problems.append(f"{source}: TableSecondaryEndpoint needs TableEndpoint beside it")
     return problems
+
+
+def _connection_string_parts(value: str) -> dict[str, str]:
+    """A connection string's parts, keys in lower case; ``ValueError`` if it is malformed.
+
+    The rules of azure-core's ``parse_connection_string``, which the SDK reads it with: non-empty
+    ``Key=Value`` pairs separated by ``;`` (trailing ones ignored), each key once whatever its
+    case. Restated here so that checking the setting at start-up does not import azure-core
+    (tests/live/test_tables.py holds the two to the same answers).
+    """
+    pairs = [part.split("=", 1) for part in value.strip().rstrip(";").split(";")]
+    parts: dict[str, str] = {}
+    for pair in pairs:
+        if len(pair) != 2 or not all(pair) or pair[0].lower() in parts:
+            raise ValueError("a connection string is non-empty Key=Value pairs, each key once")
+        parts[pair[0].lower()] = pair[1]
+    return parts
 
 
 def table_store(
@@ -1459,7 +1559,8 @@ def table_store(
     operation_timeout: float = 20.0,
     connection_verify: bool | str = True,
 ) -> TableStore:
-    """The app's :class:`TableStore` over Table Storage. Nothing is sent until a table is used.
+    """The app's :class:`TableStore` over Table Storage. Nothing is sent until a table is used,
+    and the SDK's client is built (the SDK imported) only then.
 
     Identity-based settings use `token_provider` when given (the app's own, or a test's), else
     a managed identity through MSAL (`settings.client_id` picks a user-assigned one).
@@ -1482,16 +1583,20 @@ def table_store(
         "timeout": operation_timeout,
         "connection_verify": connection_verify,
     }
-    if settings.connection_string is not None:
-        service = TableServiceClient.from_connection_string(settings.connection_string, **options)
-    else:
+
+    def build() -> TableServiceClient:
+        from azure.data.tables import TableServiceClient
+
+        if settings.connection_string is not None:
+            return TableServiceClient.from_connection_string(settings.connection_string, **options)
         assert settings.table_endpoint is not None
         tokens = token_provider or MsalTokenProvider(
             Credentials(tenant_id=None, client_id=settings.client_id),
             session=new_session(connection_timeout + read_timeout),
             timeout=connection_timeout + read_timeout,
         )
-        service = TableServiceClient(
+        return TableServiceClient(
             settings.table_endpoint, credential=TokenProviderCredential(tokens), **options
         )
-    return TableStore.azure(service, prefix=settings.table_prefix)
+
+    return TableStore.azure(LazyService(build), prefix=settings.table_prefix)

@@ -35,6 +35,7 @@ from guardrails.clients.tables import (
     EntityChanged,
     EntityExists,
     FilterValue,
+    LazyService,
     StoreRejected,
     StoreUnavailable,
     Table,
@@ -595,6 +596,51 @@ def test_azure_table_deleted_behind_our_back_is_created_again(
     store.close()
 
 
+def test_the_sdk_client_is_built_once_on_the_first_table_access(
+    azurite: Azurite, table_prefix: str
+) -> None:
+    built: list[TableServiceClient] = []
+
+    def build() -> TableServiceClient:
+        time.sleep(0.05)  # long enough for every thread to be waiting on the first build
+        built.append(TableServiceClient.from_connection_string(azurite.connection_string))
+        return built[-1]
+
+    service = LazyService(build)
+    store = TableStore.azure(service, prefix=table_prefix)
+    tables = [store.table(name) for name in ("Ledger", "Outbox", "Runs", "Audit")]
+    assert built == []  # naming tables builds nothing (start-up does only that)
+    start = threading.Barrier(8)
+
+    def first_access(index: int) -> Entity | None:
+        start.wait()
+        return tables[index % 4].get("p", "r")
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(first_access, range(8))) == [None] * 8
+    assert len(built) == 1 and service.client() is built[0]
+    assert store.endpoint == built[0].url
+    store.close()
+
+
+def test_closing_a_store_that_was_never_used_builds_nothing() -> None:
+    service = LazyService(lambda: pytest.fail("built to be closed"))
+
+    TableStore.azure(service).close()
+
+
+def test_the_sdks_update_mode_is_taken_as_ours() -> None:
+    """Ours has the SDK's values (the SDK is not imported to name them): code passing the SDK's
+    own gets the same writes."""
+    from azure.data.tables import UpdateMode as SdkUpdateMode
+
+    update = Update(entity(), 'W/"1"', SdkUpdateMode.REPLACE)  # type: ignore[arg-type]
+    upsert = Upsert(entity(), SdkUpdateMode.MERGE)  # type: ignore[arg-type]
+
+    assert update.mode is UpdateMode.REPLACE and upsert.mode is UpdateMode.MERGE
+    assert {m.value for m in UpdateMode} == {m.value for m in SdkUpdateMode}
+
+
 # --------------------------------------------------------------------------------------------
 # Errors the service (or the network) gives
 
@@ -1003,6 +1049,42 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        CONNECTION,
+        CONNECTION + ";;",
+        "  AccountName=contoso;AccountKey=a==;  ",
+        "AccountName=contoso;accountname=other",
+        "AccountName=contoso;AccountName=contoso",
+        "AccountName=contoso;;AccountKey=a",
+        "AccountName=;AccountKey=a",
+        "=contoso",
+        "just some text",
+        "",
+        ";",
+        "UseDevelopmentStorage = true",
+        "SharedAccessSignature=sv=2020&sig=a=b;TableEndpoint=https://x.example",
+    ],
+)
+def test_connection_strings_are_read_as_azure_core_reads_them(text: str) -> None:
+    """The settings check reads a connection string without azure-core (start-up does not
+    import it) and must come to azure-core's answer."""
+    from azure.core.utils import parse_connection_string
+
+    from guardrails.clients.tables import _connection_string_parts
+
+    try:
+        expected: dict[str, str] | None = dict(parse_connection_string(text))
+    except ValueError:
+        expected = None
+    try:
+        found: dict[str, str] | None = _connection_string_parts(text)
+    except ValueError:
+        found = None
+    assert found == expected
+
+
+@pytest.mark.parametrize(
     ("environ", "problem"),
     [
         ({"AzureWebJobsStorage": "just some text"}, "is not a connection string"),
@@ -1011,6 +1093,11 @@ def test_every_problem_is_reported_at_once() -> None:
             {"AzureWebJobsStorage": "AccountName=contoso;AccountKey=not base64!"},
             "AccountKey is not base64",
         ),
+        (
+            {"AzureWebJobsStorage": f"{CONNECTION};TableSecondaryEndpoint=https://b.example"},
+            "TableSecondaryEndpoint needs TableEndpoint",
+        ),
+        ({"AzureWebJobsStorage": "UseDevelopmentStorage = true"}, "needs AccountName and"),
         (
             {"AzureWebJobsStorage": CONNECTION, "AzureWebJobsStorage__accountName": "contoso"},
             "keep one",
