@@ -18,24 +18,24 @@ user typed into their own row, names come from the directory), so:
   where it is written. Any other expression is refused too: the sandbox stops `__class__`, but not
   `{{ 'x' * 10**9 }}`, a gigabyte per notification in a function that handles every change.
   `{% raw %}` (literal text) and `{# comments #}` are fine.
-- Templates are checked and compiled when the policy is read, once per text; a message reuses the
-  compiled template, and rendering never compiles a template that was not checked.
+- Templates are checked when the policy is read, and compiled on first use, once per text; a
+  message reuses the compiled template, and rendering never compiles a template that was not
+  checked.
+- Jinja is imported, and its environments built, when a template first needs it: a policy
+  whose subject is plain text (no '{') and that keeps the built-in template starts without it.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import html
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from jinja2 import StrictUndefined, Template, meta, nodes
-from jinja2.exceptions import TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
 from guardrails.mailbox import COLUMN_LABELS, Column, describe
@@ -47,6 +47,9 @@ from guardrails.policy.model import (
 )
 
 if TYPE_CHECKING:
+    from jinja2 import Template, nodes
+    from jinja2.sandbox import SandboxedEnvironment
+
     from guardrails.engine import Decision
     from guardrails.policy.model import Notifications
 
@@ -96,6 +99,9 @@ def _escape(value: object) -> Markup:
 
 
 def _environment(*, body: bool) -> SandboxedEnvironment:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
     environment = SandboxedEnvironment(
         autoescape=body,  # stays on behind finalize, for anything finalize does not see
         finalize=_escape if body else None,
@@ -109,8 +115,18 @@ def _environment(*, body: bool) -> SandboxedEnvironment:
     return environment
 
 
-HTML_TEMPLATES = _environment(body=True)
-TEXT_TEMPLATES = _environment(body=False)
+_environments: dict[bool, SandboxedEnvironment] = {}
+_environments_lock = threading.Lock()
+
+
+def templates(*, subject: bool) -> SandboxedEnvironment:
+    """The environment subjects (plain text) or bodies (HTML) are read and compiled in: built on
+    first use, once, and shared by every thread."""
+    with _environments_lock:
+        environment = _environments.get(subject)
+        if environment is None:
+            environment = _environments[subject] = _environment(body=not subject)
+        return environment
 
 
 class TemplateProblem(ValueError):
@@ -123,16 +139,20 @@ class TemplateProblem(ValueError):
         self.column = column
 
 
+_compile_lock = threading.Lock()
+
+
 def compile_template(text: str, *, subject: bool = False) -> Template:
-    """The checked, compiled template for `text`; compiled once per text (cached)."""
-    return _compiled(text, subject)
+    """The checked, compiled template for `text`; compiled once per text (cached), however many
+    messages ask for it at the same time."""
+    with _compile_lock:
+        return _compiled(text, subject)
 
 
 @functools.lru_cache(maxsize=32)
 def _compiled(text: str, subject: bool) -> Template:
     check_template(text, subject=subject)
-    environment = TEXT_TEMPLATES if subject else HTML_TEMPLATES
-    return environment.from_string(_newlines(text))
+    return templates(subject=subject).from_string(_newlines(text))
 
 
 def render(
@@ -237,18 +257,6 @@ _ONLY = (
     "filters given constant arguments"
 )
 _LEGACY = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")
-_KINDS: tuple[tuple[type[nodes.Node], str], ...] = (
-    (nodes.Getattr, "attribute access"),
-    (nodes.Getitem, "an index"),
-    (nodes.Call, "a call"),
-    (nodes.Test, "a test (is ...)"),
-    (nodes.CondExpr, "an if-expression"),
-    (nodes.Concat, "concatenation (~)"),
-    (nodes.Compare, "a comparison"),
-    (nodes.BinExpr, "arithmetic or logic"),
-    (nodes.UnaryExpr, "arithmetic or logic"),
-    (nodes.Literal, "a literal that is not text"),
-)
 # Each {{ }} of the template stands in the rendered text as one character of this private range.
 _MARK = 0xF0000
 _MARKS = re.compile("[\U000f0000-\U000ffffd]")
@@ -257,20 +265,7 @@ _MARKS = re.compile("[\U000f0000-\U000ffffd]")
 def check_template(text: str, *, subject: bool = False) -> None:
     """Raises TemplateProblem for the first problem in `text`, a body or (subject) a subject."""
     source = _newlines(text)
-    environment = TEXT_TEMPLATES if subject else HTML_TEMPLATES
-    try:
-        tree = environment.parse(source)
-    except TemplateSyntaxError as exc:
-        raise TemplateProblem(
-            f"template syntax error: {exc.message or 'invalid syntax'}", exc.lineno, 1
-        ) from None
-    skeleton = _skeleton(environment, source)
-    expressions = [
-        child
-        for output in tree.find_all(nodes.Output)
-        for child in output.nodes
-        if not isinstance(child, nodes.TemplateData)
-    ]
+    skeleton, expressions, tree = _read(source, subject=subject)
     if len(expressions) != len(skeleton.expressions) or len(expressions) >= 0xFFFE:
         raise TemplateProblem("the template could not be checked; simplify it", 1, 1)
     problems: list[tuple[int, str]] = []
@@ -299,9 +294,11 @@ def check_template(text: str, *, subject: bool = False) -> None:
     )
     fields = SUBJECT_FIELDS if subject else TEMPLATE_FIELDS
     names = [name for name, _, _ in shapes]
-    if problems:
+    if problems or tree is None:
         unknown = {name for name in names if name is not None and name not in fields}
     else:
+        from jinja2 import meta
+
         # Only now: Jinja's code generator folds constants, so it must never see '9 ** 9 ** 9'.
         unknown = meta.find_undeclared_variables(tree) - fields
     for (name, filtered, _), offset in zip(shapes, skeleton.expressions, strict=True):
@@ -325,6 +322,35 @@ def check_template(text: str, *, subject: bool = False) -> None:
         raise TemplateProblem(problem, line, column)
 
 
+def _read(
+    source: str, *, subject: bool
+) -> tuple[_Skeleton, list[nodes.Expr], nodes.Template | None]:
+    """The template's skeleton, the expression of each {{ }}, and Jinja's tree (None for text).
+
+    Every Jinja delimiter begins with '{': text without one is a single piece of text to Jinja,
+    and is read as such here without importing it (tests/adversarial/test_templates.py holds the
+    two readings to the same skeleton)."""
+    if "{" not in source:
+        return _text_skeleton(source), [], None
+    from jinja2 import nodes
+    from jinja2.exceptions import TemplateSyntaxError
+
+    environment = templates(subject=subject)
+    try:
+        tree = environment.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(
+            f"template syntax error: {exc.message or 'invalid syntax'}", exc.lineno, 1
+        ) from None
+    expressions = [
+        child
+        for output in tree.find_all(nodes.Output)
+        for child in output.nodes
+        if not isinstance(child, nodes.TemplateData)
+    ]
+    return _skeleton(environment, source), expressions, tree
+
+
 @dataclass
 class _Skeleton:
     """The template's text as it renders, each {{ }} one mark, and where each piece came from."""
@@ -334,6 +360,12 @@ class _Skeleton:
     marks: list[int] = field(default_factory=list)  # index in markup of each {{ }}
     expressions: list[int] = field(default_factory=list)  # offset in the template of each {{
     statements: list[int] = field(default_factory=list)  # offset in the template of each {%
+
+
+def _text_skeleton(source: str) -> _Skeleton:
+    """The skeleton of text without '{': all of it, less the one final line break Jinja drops."""
+    text = source.removesuffix("\n")
+    return _Skeleton(markup=_MARKS.sub("?", text), offsets=list(range(len(text))))
 
 
 def _skeleton(environment: SandboxedEnvironment, source: str) -> _Skeleton:
@@ -364,6 +396,8 @@ def _skeleton(environment: SandboxedEnvironment, source: str) -> _Skeleton:
 
 def _shape(node: nodes.Node) -> tuple[str | None, bool, str | None]:
     """(the placeholder's name, or None for a constant; whether filtered; the problem, if any)."""
+    from jinja2 import nodes
+
     filtered = False
     while isinstance(node, nodes.Filter):
         name = _FILTER_ALIASES.get(node.name, node.name)
@@ -389,9 +423,27 @@ def _shape(node: nodes.Node) -> tuple[str | None, bool, str | None]:
     if isinstance(node, nodes.Const) and isinstance(node.value, str | int):
         return None, filtered, None
     if not isinstance(node, nodes.Name):
-        kind = next((text for cls, text in _KINDS if isinstance(node, cls)), type(node).__name__)
-        return None, filtered, f"{_ONLY}; this has {kind}"
+        return None, filtered, f"{_ONLY}; this has {_kind(node)}"
     return node.name, filtered, None
+
+
+def _kind(node: nodes.Node) -> str:
+    """What an expression that is not a placeholder is, in the words of the refusal."""
+    from jinja2 import nodes
+
+    kinds: tuple[tuple[type[nodes.Node], str], ...] = (
+        (nodes.Getattr, "attribute access"),
+        (nodes.Getitem, "an index"),
+        (nodes.Call, "a call"),
+        (nodes.Test, "a test (is ...)"),
+        (nodes.CondExpr, "an if-expression"),
+        (nodes.Concat, "concatenation (~)"),
+        (nodes.Compare, "a comparison"),
+        (nodes.BinExpr, "arithmetic or logic"),
+        (nodes.UnaryExpr, "arithmetic or logic"),
+        (nodes.Literal, "a literal that is not text"),
+    )
+    return next((text for cls, text in kinds if isinstance(node, cls)), type(node).__name__)
 
 
 def _field_problem(
@@ -403,7 +455,9 @@ def _field_problem(
     if subject and name == "violations":
         return f"{shown} is the HTML list of changes and cannot go in the subject"
     if name in unknown or name not in fields:
-        close = difflib.get_close_matches(name, sorted(fields), n=1)
+        from difflib import get_close_matches  # only for a template with a mistake in it
+
+        close = get_close_matches(name, sorted(fields), n=1)
         hint = f" (did you mean {{{{ {close[0]} }}}}?)" if close else ""
         available = ", ".join(f"{{{{ {field} }}}}" for field in sorted(fields))
         return f"unknown placeholder {shown}{hint}; available: {available}"

@@ -391,12 +391,12 @@ class Notifications(_Strict):
 
 
 def _check_template(text: str, *, subject: bool) -> None:
-    """Checks (and compiles, once per text) a template; a problem says where in the template."""
+    """Checks a template (compiled when first rendered); a problem says where in the template."""
     # guardrails.render imports this module for the placeholders, so it is imported here.
-    from guardrails.render import TemplateProblem, compile_template
+    from guardrails.render import TemplateProblem, check_template
 
     try:
-        compile_template(text, subject=subject)
+        check_template(text, subject=subject)
     except TemplateProblem as problem:
         raise PydanticCustomError(
             "template",

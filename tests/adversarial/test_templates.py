@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import html
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from typing import Any
 
@@ -457,9 +460,9 @@ def test_the_sandbox_blocks_python_internals_even_without_the_validation(express
     from jinja2.exceptions import SecurityError, UndefinedError
     from jinja2.utils import Cycler
 
-    from guardrails.render import HTML_TEMPLATES, TEXT_TEMPLATES
+    from guardrails.render import templates
 
-    for environment in (HTML_TEMPLATES, TEXT_TEMPLATES):
+    for environment in (templates(subject=False), templates(subject=True)):
         for value in ("text", Cycler("a", "b")):
             with pytest.raises((SecurityError, UndefinedError)):
                 environment.from_string(expression).render(value=value)
@@ -468,17 +471,18 @@ def test_the_sandbox_blocks_python_internals_even_without_the_validation(express
 def test_the_environments_offer_no_globals_and_no_unsafe_filters() -> None:
     from jinja2.exceptions import SecurityError, UndefinedError
 
-    from guardrails.render import HTML_TEMPLATES, TEXT_TEMPLATES
+    from guardrails.render import templates
 
-    for environment in (HTML_TEMPLATES, TEXT_TEMPLATES):
+    body, subject = templates(subject=False), templates(subject=True)
+    for environment in (body, subject):
         assert environment.globals == {}
         assert not {"safe", "urlize", "xmlattr", "tojson", "format", "center"} & set(
             environment.filters
         )
         with pytest.raises((SecurityError, UndefinedError)):
             environment.from_string("{{ cycler.__init__.__globals__ }}").render()
-    assert HTML_TEMPLATES.from_string("{{ v }}").render(v="<b>") == "&lt;b&gt;"
-    assert TEXT_TEMPLATES.from_string("{{ v }}").render(v="<b>") == "<b>"
+    assert body.from_string("{{ v }}").render(v="<b>") == "&lt;b&gt;"
+    assert subject.from_string("{{ v }}").render(v="<b>") == "<b>"
 
 
 def test_rendering_never_uses_a_template_that_skipped_validation() -> None:
@@ -489,28 +493,79 @@ def test_rendering_never_uses_a_template_that_skipped_validation() -> None:
         _render(unchecked, owner_name="<script>alert(1)</script>")
 
 
-def test_a_template_is_compiled_once_when_the_policy_is_read_not_per_message(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from guardrails.render import HTML_TEMPLATES, TEXT_TEMPLATES
+def _count_compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The text of every template compiled from now on (each compile made slow enough for
+    messages arriving together to overlap)."""
+    from guardrails.render import templates
 
     compiled: list[str] = []
-    for environment in (HTML_TEMPLATES, TEXT_TEMPLATES):
+    for environment in (templates(subject=False), templates(subject=True)):
         original = environment.from_string
 
         def counting(source: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
             compiled.append(str(source))
+            time.sleep(0.02)
             return _original(source, *args, **kwargs)
 
         monkeypatch.setattr(environment, "from_string", counting)
+    return compiled
+
+
+def test_a_template_is_checked_when_the_policy_is_read_and_compiled_once_when_first_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled = _count_compiles(monkeypatch)
     settings = Notifications(
         sender=SENDER, template="<p>{{ owner_name }} once</p>", subject="{{ owner_name }} once"
     )
-    assert sorted(compiled) == ["<p>{{ owner_name }} once</p>", "{{ owner_name }} once"]
+    assert compiled == []  # checked only: a policy that never notifies never compiles
     for _ in range(5):
         _render(settings)
-    Notifications(sender=SENDER, template="<p>{{ owner_name }} once</p>")  # same text: cached
+    assert sorted(compiled) == ["<p>{{ owner_name }} once</p>", "{{ owner_name }} once"]
+    again = Notifications(
+        sender=SENDER, template="<p>{{ owner_name }} once</p>", subject="{{ owner_name }} once"
+    )
+    _render(again)  # another policy with the same texts: compiled already
     assert len(compiled) == 2
+
+
+def test_messages_rendering_a_template_together_compile_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled = _count_compiles(monkeypatch)
+    settings = Notifications(
+        sender=SENDER, template="<p>{{ owner_name }} together</p>", subject="{{ owner_name }} 8"
+    )
+    start = threading.Barrier(8)
+
+    def first_message() -> str:
+        start.wait()
+        return _render(settings)[1]
+
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(lambda _: first_message(), range(8)))
+    assert sorted(compiled) == ["<p>{{ owner_name }} together</p>", "{{ owner_name }} 8"]
+    assert len(set(bodies)) == 1 and "Adele Vance" in bodies[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_characters="{"), max_size=60))
+def test_text_without_a_brace_reads_as_jinja_reads_it(text: str) -> None:
+    """The check reads text holding no '{' (no Jinja delimiter) without Jinja: the same
+    skeleton as Jinja's lexer gives, and nothing in it for Jinja's parser to find."""
+    from jinja2 import nodes
+
+    from guardrails.render import _newlines, _skeleton, _text_skeleton, templates
+
+    source = _newlines(text)
+    for environment in (templates(subject=False), templates(subject=True)):
+        assert _text_skeleton(source) == _skeleton(environment, source)
+        tree = environment.parse(source)
+        assert all(
+            isinstance(child, nodes.TemplateData)
+            for output in tree.find_all(nodes.Output)
+            for child in output.nodes
+        )
 
 
 def test_the_built_in_template_passes_its_own_checks() -> None:
