@@ -1,4 +1,8 @@
-"""Azure Functions entry point: wires the triggers to the guardrail, nothing more."""
+"""Azure Functions entry point: wires the triggers to the guardrail, nothing more.
+
+Start-up imports what the first message needs and no more: the sweep (`guardrails.reconcile`)
+is imported when the timer first fires, the SDKs and Jinja on first use.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from pathlib import Path
 
 import azure.functions as func
 
-from guardrails.reconcile import DEFAULT_SCHEDULE
 from guardrails.worker import build_sweep, worker_from_environment
+
+DEFAULT_SCHEDULE = "0 0 2 * * *"  # NCRONTAB: every night at 02:00 UTC
 
 app = func.FunctionApp()
 # Settings and the policy are checked here, at start-up: a misconfigured app fails once with

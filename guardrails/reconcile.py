@@ -31,7 +31,6 @@ from guardrails.mailbox import Column, MailboxState, webapi_body
 from guardrails.outcomes import Done, GiveUp, Result, RetryLater
 from guardrails.policy.model import ORGANIZATION_DEFAULT, Policy
 
-DEFAULT_SCHEDULE = "0 0 2 * * *"  # NCRONTAB: every night at 02:00 UTC
 DEFAULT_BATCH = 100  # writes per $batch
 LOOKUP_PAGE = 500  # rows decided together: their owners are looked up in a few requests
 
