@@ -88,6 +88,7 @@ def test_the_cold_start_benchmark_runs_and_leaves_the_sdks_for_first_use() -> No
         re.MULTILINE,
     ), out
     assert re.search(r"^cold start CPU time: \d+ ms vs bare deps \d+ ms = [\d.]+x", out, re.M)
+    assert re.search(r"^like for like: .* take \d+ ms: [\d.]+x$", out, re.M), out
     # Start-up built the worker without importing what only a scheduled retry, a table access,
     # a notification, a client certificate or the sweep needs.
     assert "worker built at start-up: True" in out

@@ -33,14 +33,19 @@ FIRST_USE = (
 TEMPLATE_LINE = "  # template: |\n"
 SUBJECT_LINE = '  subject: "Your Dynamics 365 mailbox settings were changed back"\n'
 _CHILD = """\
-import json, sys
+import gc, json, sys
 try:
     import function_app
 except Exception as exc:
-    print(json.dumps({"error": str(exc)}))
+    print(json.dumps({"error": str(exc), "collecting": gc.isenabled()}))
 else:
     worker = type(function_app.worker).__name__
-    print(json.dumps({"modules": sorted(sys.modules), "worker": worker}))
+    print(json.dumps({
+        "modules": sorted(sys.modules),
+        "worker": worker,
+        "collecting": gc.isenabled(),
+        "frozen": gc.get_freeze_count(),
+    }))
 """
 
 
@@ -70,6 +75,10 @@ def test_the_example_start_up_builds_the_worker_and_leaves_the_rest_for_first_us
     modules = started["modules"]
     assert isinstance(modules, list) and "guardrails.executor" in modules
     assert [name for name in FIRST_USE if name in modules] == []
+    # The collector, paused while start-up built what lives as long as the process, runs again,
+    # and what start-up built is frozen out of its way.
+    assert started["collecting"] is True
+    assert isinstance(started["frozen"], int) and started["frozen"] > 10_000
 
 
 def _with(line: str, replacement: str) -> str:
@@ -106,3 +115,4 @@ def test_a_broken_template_still_stops_start_up_with_its_place(
     error = started.get("error")
     assert isinstance(error, str), started
     assert f"policy.yaml{where}" in error, error
+    assert started["collecting"] is True  # a failed start-up leaves the collector running
