@@ -8,9 +8,11 @@ the row's ETag, and every fixed mailbox then goes through the executor's own aft
 the ledger, the outbox, accepted values and the audit record, exactly as for an event.
 
 The work is bounded and polite: rows are streamed page by page (memory flat in the number of
-mailboxes), owners are looked up a page at a time, one request is in flight at a time (far below
-Dataverse's 52 concurrent requests), and every 429 is waited out as the service asks. A run
-record (counts, duration, errors) is written even when the run fails.
+mailboxes), owners are looked up a page at a time, writes wait until they fill a `$batch` (drift
+spread thinly over many pages still goes out in full batches, at most one batch held back), one
+request is in flight at a time (far below Dataverse's 52 concurrent requests), and every 429 is
+waited out as the service asks. A run record (counts, duration, errors) is written even when the
+run fails.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from guardrails.policy.model import ORGANIZATION_DEFAULT, Policy
 
 DEFAULT_BATCH = 100  # writes per $batch
 LOOKUP_PAGE = 500  # rows decided together: their owners are looked up in a few requests
+
+# A row to fix: as read, the facts it was decided on, and the decision.
+Fix = tuple[MailboxState, Facts, Decision]
 
 
 @dataclass(slots=True)
@@ -133,11 +138,15 @@ class Sweep:
         rows = bulk.iter_mailboxes(
             self.dataverse, filter=drift_filter(self.policy, defaults), page_size=self.page_size
         )
+        pending: list[Fix] = []
         for page in _pages(rows, LOOKUP_PAGE):
             summary.scanned += len(page)
-            self._page(page, base, accepted, summary)
+            pending += self._decide(page, base, accepted, summary)
+            pending = self._write_full_batches(pending, summary)
             if self.progress is not None:
                 self.progress(summary.scanned, summary.fixed)
+        if pending:
+            self._write(pending, summary)
 
     def _defaults(self) -> dict[Column, int | str] | None:
         rules = self.policy.rules
@@ -150,13 +159,14 @@ class Sweep:
         )
         return self.dataverse.organization_defaults() if wants else None
 
-    def _page(
+    def _decide(
         self,
         page: list[MailboxState],
         base: Facts,
         accepted: dict[str, dict[Column, Any]],
         summary: SweepSummary,
-    ) -> None:
+    ) -> list[Fix]:
+        """Decide a page of rows; returns those to write (none in a dry run: recorded here)."""
         owners = bulk.users(
             self.dataverse,
             (
@@ -169,7 +179,7 @@ class Sweep:
             s.regarding.id for s in page if s.regarding and s.regarding.logical_name == "queue"
         ]
         queues = bulk.queues(self.dataverse, queue_ids) if queue_ids else {}
-        to_write: list[tuple[MailboxState, Facts, Decision]] = []
+        to_write: list[Fix] = []
         for state in page:
             facts = _facts_for(state, base, owners, queues, accepted)
             decision = decide_row(state, self.policy, facts)
@@ -185,13 +195,17 @@ class Sweep:
             for _, _, decision in to_write:
                 self.executor.record_row(decision, Done(decision, wrote=False), dry_run=True)
                 summary.skipped += 1
-            return
-        for start in range(0, len(to_write), self.batch_size):
-            self._write(to_write[start : start + self.batch_size], summary)
+            return []
+        return to_write
 
-    def _write(
-        self, to_write: list[tuple[MailboxState, Facts, Decision]], summary: SweepSummary
-    ) -> None:
+    def _write_full_batches(self, pending: list[Fix], summary: SweepSummary) -> list[Fix]:
+        """Write the rows that fill whole batches; returns the rest, to wait for more."""
+        full = len(pending) - len(pending) % self.batch_size
+        for start in range(0, full, self.batch_size):
+            self._write(pending[start : start + self.batch_size], summary)
+        return pending[full:]
+
+    def _write(self, to_write: list[Fix], summary: SweepSummary) -> None:
         """Claim each row in the ledger, write them in one `$batch`, then finish each one
         through the executor (a 412 goes back through the executor's single-row path)."""
         claimed: list[RowClaim] = []

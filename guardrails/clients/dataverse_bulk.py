@@ -1,15 +1,18 @@
 """Dataverse in bulk, for the sweep: paged reads, directory look-ups by the page, `$batch` writes.
 
 Paging follows `@odata.nextLink` unchanged with `Prefer: odata.maxpagesize`, yielding row by row
-so memory stays flat in the number of mailboxes. Directory look-ups take ids a page at a time
-and ask for them with one filtered request per chunk, never one request per mailbox. A `$batch`
-carries up to 1,000 operations in one request (it counts once against the request limit);
-each write in it is conditional (`If-Match`) and answered on its own.
+and letting each page go before the next is read, so memory stays flat in the number of
+mailboxes (about one page: its body, its text while parsed, and its rows). Directory look-ups
+take ids a page at a time and ask for them with one filtered request per chunk, never one
+request per mailbox. A `$batch` carries up to 1,000 operations in one request (it counts once
+against the request limit); each write in it is conditional (`If-Match`) and answered on its own.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ from email import policy as email_policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
+
+import requests
 
 from guardrails.clients.dataverse import (
     LOOKUP_ANNOTATION,
@@ -37,6 +42,8 @@ MAX_PAGE_SIZE = 5000
 MAX_BATCH = 1000
 _ID_CHUNK = 100  # ids per filtered look-up: a URL of about 6 KB, well under the limits
 _ANNOTATIONS = f'odata.include-annotations="{LOOKUP_ANNOTATION}"'
+# A JSON escape of a UTF-16 surrogate (U+D800-U+DFFF), lone or half of a pair.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def iter_rows(
@@ -55,10 +62,38 @@ def iter_rows(
     path: str | None = entity_set
     headers = {"Prefer": f"odata.maxpagesize={min(page_size, MAX_PAGE_SIZE)},{_ANNOTATIONS}"}
     while path is not None:
-        data = scrub(client.request("GET", path, params=params, headers=headers).json())
-        yield from (row for row in data.get("value", ()) if isinstance(row, dict))
-        link = data.get("@odata.nextLink")
-        path, params = (link, None) if isinstance(link, str) else (None, None)
+        rows, path = _page(client.request("GET", path, params=params, headers=headers))
+        params = None
+        yield from rows
+        del rows  # one page in memory: this one goes before the next is read
+
+
+def _page(response: requests.Response) -> tuple[list[dict[str, Any]], str | None]:
+    """A page's rows and its next link, lone surrogates replaced (see `scrub`).
+
+    A page that cannot hold one is used as parsed: no copy of every string of 5,000 rows, and
+    the key strings the parser shares between rows stay shared (see `_may_hold_surrogates`).
+    """
+    data = response.json()
+    if _may_hold_surrogates(response):
+        data = scrub(data)
+    rows = [row for row in data.get("value", ()) if isinstance(row, dict)]
+    link = data.get("@odata.nextLink")
+    return rows, link if isinstance(link, str) else None
+
+
+def _may_hold_surrogates(response: requests.Response) -> bool:
+    """Whether the parsed body may hold a lone surrogate.
+
+    Text that requests decoded as UTF-8 (the charset Dataverse names; undecodable bytes become
+    U+FFFD) holds none, so only a `\\uD800`-`\\uDFFF` escape can put one in the parsed body.
+    Any other charset, or none (requests may then guess one), is not vouched for.
+    """
+    try:
+        utf8 = response.encoding is not None and codecs.lookup(response.encoding).name == "utf-8"
+    except LookupError:
+        utf8 = False
+    return not utf8 or _SURROGATE_ESCAPE.search(response.content) is not None
 
 
 def iter_mailboxes(

@@ -110,6 +110,35 @@ def test_a_sweep_fixes_every_drift_once_and_a_second_finds_nothing(tenant: Deplo
     assert again.scanned == MAILBOXES + 3  # every row read again (address rules need it)
 
 
+def test_writes_fill_each_batch_across_the_look_up_pages(tenant: Deployment) -> None:
+    """Drift spread thinly over many rows still goes out in full `$batch`es, not in one small
+    batch per look-up page: fewer requests against the service protection limits."""
+    from guardrails.reconcile import LOOKUP_PAGE, Sweep
+
+    dataverse = tenant.sandbox.dataverse
+    rows = 3 * LOOKUP_PAGE
+    drifting = set(range(0, rows, 50))  # 2% of each look-up page: 30 rows in all
+    people = dataverse.add_mailboxes(rows, incoming=lambda i: 3 if i in drifting else 2)
+    dataverse.clear_log()
+    worker = tenant.app.worker
+    first = build_sweep(worker).run()
+    assert first.fixed == len(drifting) and first.failed == 0
+    assert dataverse.count("POST", "$batch") == 1  # 30 writes, one batch of up to 100
+
+    for index in drifting:  # the same rows drift again
+        _, mailbox_id = people[index]
+        dataverse.update_mailbox_as(dataverse.system_user_id, mailbox_id, {"actdeliverymethod": 0})
+    tenant.sandbox.take()
+    dataverse.clear_log()
+    executor = worker.executor
+    sweep = Sweep(
+        policy=executor.policy, dataverse=executor.dataverse, executor=executor, batch_size=8
+    )
+    again = sweep.run()
+    assert again.fixed == len(drifting) and again.failed == 0
+    assert dataverse.count("POST", "$batch") == 4  # 8 + 8 + 8 + 6
+
+
 def test_dry_run_finds_and_writes_nothing_and_prints_json(
     tenant: Deployment, capsys: pytest.CaptureFixture[str]
 ) -> None:
