@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.sweep import run as sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +33,37 @@ def test_the_sweep_benchmark_fixes_every_rule_and_a_second_run_finds_nothing() -
         "profile",
     }
     assert figures["batches"] >= 1 and figures["pages"] >= 1
+    assert figures["state"] == "child"  # the state is out of the measured process by default
+
+
+@pytest.mark.parametrize("state", ["memory", "azurite"])
+def test_the_sweep_benchmark_can_keep_the_state_elsewhere(
+    state: str, request: pytest.FixtureRequest
+) -> None:
+    storage = request.getfixturevalue("azurite").connection_string if state == "azurite" else None
+    figures = sweep(300, 0.05, state=state, storage=storage)
+    assert figures["state"] == state and figures["fixed_all"] is True
+    assert figures["second_run_non_compliant"] == 0 and figures["exempt_untouched"] is True
+
+
+def test_the_sweep_benchmark_prints_a_row_per_size_each_swept_in_a_fresh_process() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sweep", "--quick"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("state: in the sandbox child's memory"), done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[1].split()[:2] == ["mailboxes", "drifted"], done.stdout
+    rows = [line.split() for line in lines[2:4]]
+    assert [(row[0], row[-1]) for row in rows] == [("1,000", "ok"), ("2,000", "ok")]
+    for row in rows:
+        pages, batches, lookups = map(int, row[4:7])
+        assert pages >= 1 and batches >= 1 and lookups >= 1
 
 
 def test_the_latency_benchmark_runs() -> None:
