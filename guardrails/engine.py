@@ -9,7 +9,7 @@ offline replay reports them as not verifiable rather than guessing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -27,9 +27,9 @@ from guardrails.mailbox import (
     patch_from_body,
     webapi_body,
 )
-from guardrails.message import ExecutionContext, Rejection
+from guardrails.message import ExecutionContext, Rejection, malformed
 from guardrails.policy.model import ORGANIZATION_DEFAULT, Mode, Policy, Scope
-from guardrails.values import EntityReference, Value, from_json, to_json
+from guardrails.values import ContractError, EntityReference, Value, from_json, to_json
 
 GOVERNED_MESSAGES = frozenset({"Create", "Update", "Reconcile"})
 
@@ -231,6 +231,10 @@ def own_addresses(
     return own, owner.email
 
 
+# Nothing looked up yet (Facts are immutable, so one instance serves every offline decision).
+_NO_FACTS = Facts()
+
+
 def reject(rejection: Rejection) -> Decision:
     return Decision(Outcome.REJECTED, rejection.reason)
 
@@ -243,7 +247,7 @@ def decide(
 ) -> Decision:
     if isinstance(context, Rejection):
         return reject(context)
-    return _Decider(context, policy, facts or Facts(), state).run()
+    return _Decider(context, policy, facts or _NO_FACTS, state).run()
 
 
 RECONCILE = "Reconcile"
@@ -357,20 +361,15 @@ class _Decider:
             return self.decision(
                 Outcome.IGNORED, f"{context.message_name} of a mailbox is not governed."
             )
-        self.event = event = mailbox_event(context)
+        try:
+            self.event = event = mailbox_event(context)
+        except (ContractError, RecursionError) as exc:
+            # A value the decision reads is malformed: the same rejection as a parse finds.
+            return reject(malformed(exc))
         early = self.not_governed(event)
         if early is not None:
             return early
-        decision = self.evaluate(event)
-        if decision.outcome is not Outcome.VIOLATION:
-            # A compliant change needs no exemption: whose it was is never looked up for it.
-            return decision
-        exempted = self.exemption(event)
-        if exempted is not None:
-            return exempted
-        if len(self.unverified) > len(decision.unverified):  # the initiator must be looked up
-            return replace(decision, unverified=tuple(self.unverified))
-        return decision
+        return self.evaluate(event)
 
     def not_governed(self, event: MailboxEvent) -> Decision | None:
         """What is decided before any rule: the guardrail's own write, an exempt mailbox."""
@@ -524,9 +523,15 @@ class _Decider:
             else:
                 reason = "The governed columns have the organization's values."
             return self.decision(Outcome.COMPLIANT, reason)
-        return self.violation(violations)
+        return self.violation(event, violations)
 
-    def violation(self, violations: list[Violation]) -> Decision:
+    def violation(self, event: MailboxEvent, violations: list[Violation]) -> Decision:
+        """The violation's plan, unless an exempt user made the change.
+
+        Only a violation asks whose change it was (a compliant change needs no exemption, so the
+        initiator is never looked up for it); the plan is made after that question so that its
+        `unverified` says when the initiator must be looked up.
+        """
         patch = {v.column: v.expected for v in violations if v.enforced and v.expected is not None}
         email_rule = self.policy.rules.email_address
         notifications = self.policy.notifications
@@ -540,6 +545,9 @@ class _Decider:
         )
         if notify_owner and queue_unknown:
             self.need(Fact.QUEUE)  # the queue's owner is the one to tell
+        exempted = self.exemption(event)
+        if exempted is not None:
+            return exempted
         summary = "; ".join(v.message for v in violations)
         action = "Reverting" if patch else "Recording"
         return self.decision(
@@ -570,11 +578,11 @@ class _Decider:
 
     def check_delivery(self, column: Column, value: Value) -> Violation | None:
         rule = self.policy.rules.delivery_methods
-        if rule is None or column not in rule.expected():
+        expected = rule.expected().get(column) if rule is not None else None
+        if rule is None or expected is None:
             return None
-        expected = rule.expected()[column]
         if expected == ORGANIZATION_DEFAULT:
-            expected = self.organization_default(column)  # type: ignore[assignment]
+            expected = self.organization_default(column)
             if expected is None:
                 return None
         if value == expected:

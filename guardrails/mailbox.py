@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import chain
 
 from guardrails.message import ExecutionContext
 from guardrails.values import Entity, EntityReference, OptionSetValue, Value
@@ -50,11 +51,14 @@ COLUMN_LABELS: Mapping[Column, str] = {
 }
 
 
+_DELIVERY_NAMES: Mapping[Column, Mapping[int, str]] = {
+    column: {number: name for name, number in names.items()}
+    for column, names in DELIVERY_METHODS.items()
+}
+
+
 def delivery_name(column: Column, number: int) -> str:
-    for name, value in DELIVERY_METHODS[column].items():
-        if value == number:
-            return name
-    return str(number)
+    return _DELIVERY_NAMES[column].get(number, str(number))
 
 
 def describe(column: Column, value: Value) -> str:
@@ -123,7 +127,7 @@ class MailboxEvent:
 
 def _full_images(images: Mapping[str, Entity]) -> list[Entity]:
     # The automatic AsynchronousStepPrimaryName image holds only the key and the name.
-    return [image for key, image in images.items() if key != "AsynchronousStepPrimaryName"]
+    return [images[key] for key in images if key != "AsynchronousStepPrimaryName"]
 
 
 def _sent_columns(context: ExecutionContext, target: Entity) -> set[str]:
@@ -167,8 +171,17 @@ def _lookup(column: str, sources: list[Mapping[str, Value]]) -> EntityReference 
     return None
 
 
+def _carrying(column: Column, images: list[Entity]) -> Entity | None:
+    """The first image that carries the column: the only one whose value is read."""
+    return next((image for image in images if column in image.attributes), None)
+
+
 def mailbox_event(context: ExecutionContext) -> MailboxEvent:
-    """The mailbox-level view of a Create or Update context on the mailbox table."""
+    """The mailbox-level view of a Create or Update context on the mailbox table.
+
+    Only what this view reads is decoded (see `Pairs`): a malformed value it reads raises
+    ContractError, which `decide` turns into the message's rejection.
+    """
     target = context.target
     pre = _full_images(context.pre_images)
     post = _full_images(context.post_images)
@@ -185,17 +198,18 @@ def mailbox_event(context: ExecutionContext) -> MailboxEvent:
             if column not in target.attributes or column not in sent:
                 continue
             new = normalize(column, target.attributes[column])
-            before = [image.attributes[column] for image in pre if column in image.attributes]
-            if before:
-                previous[column] = normalize(column, before[0])
+            before = _carrying(column, pre)
+            if before is not None:
+                previous[column] = normalize(column, before.attributes[column])
                 if previous[column] == new and context.message_name == "Update":
                     continue
             changed[column] = new
     sources.extend(image.attributes for image in (*post, *pre))
-    # The automatic AsynchronousStepPrimaryName image holds the row's primary name (only that).
-    named = [*sources, *(image.attributes for image in context.post_images.values())]
-    name = next((s.get("name") for s in named if isinstance(s.get("name"), str)), None)
-    chain = _chain(context)
+    # The automatic AsynchronousStepPrimaryName image holds the row's primary name (only that):
+    # it is read last, only when no other image has the name.
+    named = chain(sources, (image.attributes for image in context.post_images.values()))
+    name = next((text for s in named if isinstance(text := s.get("name"), str)), None)
+    contexts = _chain(context)
     return MailboxEvent(
         message=context.message_name,
         mailbox_id=context.primary_entity_id,
@@ -206,10 +220,10 @@ def mailbox_event(context: ExecutionContext) -> MailboxEvent:
         previous=previous,
         regarding=_lookup("regardingobjectid", sources),
         owner=_lookup("ownerid", sources),
-        name=name if isinstance(name, str) else None,
+        name=name,
         row_version=row_version,
-        tags=_tags(chain),
-        initiators=_initiators(chain),
+        tags=_tags(contexts),
+        initiators=_initiators(contexts),
         incomplete=incomplete,
     )
 

@@ -19,6 +19,7 @@ from guardrails.values import (
     ContractError,
     Entity,
     EntityReference,
+    Pairs,
     Value,
     decode_entity,
     decode_pairs,
@@ -63,32 +64,70 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class ExecutionContext:
+    """A RemoteExecutionContext.
+
+    The fields are checked when the message is parsed: the names, the ids (a non-GUID refuses
+    the message), the Target's id and row version, and the shape of every collection; what the
+    collections hold (images included) is decoded when first read (see `Pairs`). The properties
+    after the fields, which no decision reads, are decoded from `raw` when asked for: a
+    malformed one refuses nothing unless read, and then raises ContractError.
+    """
+
     message_name: str
     primary_entity_name: str
     primary_entity_id: str
     organization_id: str
     organization_name: str | None = None
     correlation_id: str | None = None
-    operation_id: str | None = None
-    request_id: str | None = None
     initiating_user_id: str | None = None
     user_id: str | None = None
-    mode: int | None = None
-    stage: int | None = None
-    depth: int | None = None
-    operation_created_on: datetime | None = None
     input_parameters: Mapping[str, Value] = field(default_factory=dict)
     pre_images: Mapping[str, Entity] = field(default_factory=dict)
     post_images: Mapping[str, Entity] = field(default_factory=dict)
     shared_variables: Mapping[str, Value] = field(default_factory=dict)
     parent: ExecutionContext | None = None
-    owning_extension: EntityReference | None = None
     oversize: bool = False
+    # The JSON object itself, and where it sits in the body (for a ContractError's path).
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    path: str = field(default="body", compare=False, repr=False)
 
     @property
     def target(self) -> Entity | EntityReference | None:
         target = self.input_parameters.get("Target")
         return target if isinstance(target, Entity | EntityReference) else None
+
+    @property
+    def operation_id(self) -> str | None:
+        return _guid(self.raw, "OperationId", self.path)
+
+    @property
+    def request_id(self) -> str | None:
+        return _guid(self.raw, "RequestId", self.path)
+
+    @property
+    def mode(self) -> int | None:
+        return _int(self.raw, "Mode")
+
+    @property
+    def stage(self) -> int | None:
+        return _int(self.raw, "Stage")
+
+    @property
+    def depth(self) -> int | None:
+        return _int(self.raw, "Depth")
+
+    @property
+    def operation_created_on(self) -> datetime | None:
+        created = self.raw.get("OperationCreatedOn")
+        return parse_date(created) if isinstance(created, str) else None
+
+    @property
+    def owning_extension(self) -> EntityReference | None:
+        extension = self.raw.get("OwningExtension")
+        if not isinstance(extension, dict):
+            return None
+        value = decode_value(extension, f"{self.path}.OwningExtension")
+        return value if isinstance(value, EntityReference) else None
 
 
 def parse_message(
@@ -119,19 +158,28 @@ def parse_message(
             return data
         oversize = any(_property_name(key) == OVERSIZE_PROPERTY.lower() for key in properties or {})
         return _context(data, "body", oversize=oversize)
-    except ContractError as exc:
-        return Rejection(
-            RejectionKind.WRONG_SHAPE,
-            f"The body is JSON but not a valid Dataverse RemoteExecutionContext: at {exc.path}, "
-            f"{exc.problem}. Only a Dataverse service endpoint with message format JSON should "
-            "post to this queue.",
-        )
-    except RecursionError:
+    except (ContractError, RecursionError) as exc:
+        return malformed(exc)
+
+
+def malformed(exc: ContractError | RecursionError) -> Rejection:
+    """The rejection of a body whose content breaks the data contract.
+
+    Also for a value found malformed only when a decision reads it (see `Pairs`): the
+    reason is the same wherever the value was read.
+    """
+    if isinstance(exc, RecursionError):
         return Rejection(
             RejectionKind.WRONG_SHAPE,
             "The body nests JSON deeper than any Dataverse message does; it was not produced by "
             "a Dataverse service endpoint.",
         )
+    return Rejection(
+        RejectionKind.WRONG_SHAPE,
+        f"The body is JSON but not a valid Dataverse RemoteExecutionContext: at {exc.path}, "
+        f"{exc.problem}. Only a Dataverse service endpoint with message format JSON should "
+        "post to this queue.",
+    )
 
 
 def _property_name(key: object) -> str:
@@ -290,8 +338,16 @@ def _guid(data: Mapping[str, Any], key: str, path: str) -> str | None:
     return require_guid(value, f"{path}.{key}")
 
 
-def _images(raw: Any, path: str) -> dict[str, Entity]:
-    return {key: decode_entity(value, f"{path}[{key}]") for key, value in decode_pairs(raw, path)}
+def _images(raw: Any, path: str) -> Pairs[Entity]:
+    return Pairs(decode_pairs(raw, path), path, decode_entity)
+
+
+def _parameters(raw: Any, path: str) -> Pairs[Value]:
+    """Parameters decoded as they are read; but the Target, the row the message is about, at
+    once: a Target with a malformed id or row version refuses the message here."""
+    parameters = Pairs(decode_pairs(raw, path), path, decode_value)
+    parameters.get("Target")
+    return parameters
 
 
 def _context(data: Mapping[str, Any], path: str, *, oversize: bool) -> ExecutionContext:
@@ -299,8 +355,6 @@ def _context(data: Mapping[str, Any], path: str, *, oversize: bool) -> Execution
     parent_raw = data.get("ParentContext")
     if parent_raw is not None and not isinstance(parent_raw, dict):
         raise ContractError(f"{path}.ParentContext", "expected an object or null")
-    extension = data.get("OwningExtension")
-    created = data.get("OperationCreatedOn")
     return ExecutionContext(
         message_name=_str(data, "MessageName", path, required=True) or "",
         primary_entity_name=_str(data, "PrimaryEntityName", path, required=True) or "",
@@ -308,35 +362,21 @@ def _context(data: Mapping[str, Any], path: str, *, oversize: bool) -> Execution
         organization_id=(_guid(data, "OrganizationId", path) or ""),
         organization_name=_str(data, "OrganizationName", path),
         correlation_id=_guid(data, "CorrelationId", path),
-        operation_id=_guid(data, "OperationId", path),
-        request_id=_guid(data, "RequestId", path),
         initiating_user_id=_guid(data, "InitiatingUserId", path),
         user_id=_guid(data, "UserId", path),
-        mode=_int(data, "Mode"),
-        stage=_int(data, "Stage"),
-        depth=_int(data, "Depth"),
-        operation_created_on=parse_date(created) if isinstance(created, str) else None,
-        input_parameters={
-            key: decode_value(value, f"{path}.InputParameters[{key}]")
-            for key, value in decode_pairs(inputs_raw, f"{path}.InputParameters")
-        },
+        input_parameters=_parameters(inputs_raw, f"{path}.InputParameters"),
         pre_images=_images(data.get("PreEntityImages"), f"{path}.PreEntityImages"),
         post_images=_images(data.get("PostEntityImages"), f"{path}.PostEntityImages"),
-        shared_variables={
-            key: decode_value(value, f"{path}.SharedVariables[{key}]")
-            for key, value in decode_pairs(data.get("SharedVariables"), f"{path}.SharedVariables")
-        },
+        shared_variables=Pairs(
+            decode_pairs(data.get("SharedVariables"), f"{path}.SharedVariables"),
+            f"{path}.SharedVariables",
+            decode_value,
+        ),
         parent=_context(parent_raw, f"{path}.ParentContext", oversize=False)
         if isinstance(parent_raw, dict)
         else None,
-        owning_extension=_extension(extension, f"{path}.OwningExtension"),
         # Dataverse drops InputParameters (and images) from a context over 192 KB.
         oversize=oversize or inputs_raw is None,
+        raw=data,
+        path=path,
     )
-
-
-def _extension(raw: Any, path: str) -> EntityReference | None:
-    if not isinstance(raw, dict):
-        return None
-    value = decode_value(raw, path)
-    return value if isinstance(value, EntityReference) else None

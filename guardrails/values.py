@@ -8,11 +8,11 @@ are exact and a lookup never compares equal to a bare GUID string by accident.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar, overload
 
 
 class ContractError(ValueError):
@@ -121,16 +121,9 @@ def shown(value: object, limit: int = 60) -> str:
 
 def require_guid(value: object, path: str) -> str:
     """An id that will go into a URL: a GUID, lower-cased, or a ContractError saying where."""
-    if not is_guid(value):
-        raise ContractError(path, f"expected a GUID, found {shown(value)}")
-    assert isinstance(value, str)
-    return value.lower()
-
-
-def _contract_type(type_name: str) -> str:
-    # "OptionSetValue:http://schemas.microsoft.com/xrm/2011/Contracts" -> "OptionSetValue"
-    # "Guid:#System" -> "Guid"
-    return type_name.split(":", 1)[0]
+    if isinstance(value, str) and _GUID.match(value) is not None:
+        return value.lower()
+    raise ContractError(path, f"expected a GUID, found {shown(value)}")
 
 
 def _require_str(obj: Mapping[str, Any], key: str, path: str) -> str:
@@ -146,16 +139,16 @@ def _kind(value: object) -> str:
 
 def decode_value(raw: Any, path: str = "value") -> Value:
     """Decode one attribute value; raises ContractError for a malformed wrapped value."""
-    if raw is None or isinstance(raw, bool | int | float):
-        return raw
+    if isinstance(raw, dict):  # first: the wrapped values are most of what a decision reads
+        return _decode_object(raw, path)
     if isinstance(raw, str):
         if raw.startswith("/Date("):
             return parse_date(raw) or raw
         return raw
+    if raw is None or isinstance(raw, bool | int | float):
+        return raw
     if isinstance(raw, list):
         return _decode_list(raw, path)
-    if isinstance(raw, dict):
-        return _decode_object(raw, path)
     raise ContractError(path, f"unexpected JSON value of type {_kind(raw)}")
 
 
@@ -176,7 +169,9 @@ def _decode_object(raw: dict[str, Any], path: str) -> Value:
         if "LogicalName" in raw and "Id" in raw:
             return decode_reference(raw, path)
         return UnknownValue("object", raw)
-    kind = _contract_type(type_name)
+    # "OptionSetValue:http://schemas.microsoft.com/xrm/2011/Contracts" -> "OptionSetValue"
+    # "Guid:#System" -> "Guid"
+    kind = type_name.partition(":")[0]
     if kind == "OptionSetValue":
         number = raw.get("Value")
         if not isinstance(number, int) or isinstance(number, bool):
@@ -225,39 +220,121 @@ def decode_reference(raw: Any, path: str) -> EntityReference:
     )
 
 
-def decode_pairs(raw: Any, path: str) -> list[tuple[str, Any]]:
-    """The contract's collections are arrays of {"key", "value"} objects, not JSON objects."""
+def decode_pairs(raw: Any, path: str) -> dict[str, Any]:
+    """The contract's collections are arrays of {"key", "value"} objects, not JSON objects.
+
+    Only the array's shape is checked here; the values stay as JSON gave them.
+    """
     if raw is None:
-        return []
+        return {}
     if not isinstance(raw, list):
         raise ContractError(path, f"expected an array of key/value pairs, found {_kind(raw)}")
-    pairs: list[tuple[str, Any]] = []
+    pairs: dict[str, Any] = {}
     for i, item in enumerate(raw):
-        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+        if not isinstance(item, dict) or not isinstance(key := item.get("key"), str):
             raise ContractError(f"{path}[{i}]", "expected an object with a string 'key'")
-        pairs.append((item["key"], item.get("value")))
+        pairs[key] = item.get("value")
     return pairs
 
 
+T = TypeVar("T")
+D = TypeVar("D")
+
+
+class Pairs(Mapping[str, T]):
+    """A contract collection whose values are decoded, and so validated, when first read.
+
+    A message carries far more than a decision reads (every column of every image, both
+    contexts' parameters): what is never read costs nothing and cannot refuse a message, while
+    what is read passes the same decoder, with the same path in its ContractError, as always.
+    The keys are known from the start (the array's shape was checked by `decode_pairs`).
+    """
+
+    __slots__ = ("_decode", "_decoded", "_path", "_raw")
+
+    def __init__(self, raw: dict[str, Any], path: str, decode: Callable[[Any, str], T]) -> None:
+        self._raw = raw
+        self._path = path
+        self._decode = decode
+        self._decoded: dict[str, T] = {}
+
+    def __getitem__(self, key: str) -> T:
+        decoded = self._decoded
+        if key in decoded:
+            return decoded[key]
+        value = decoded[key] = self._decode(self._raw[key], f"{self._path}[{key}]")
+        return value
+
+    @overload
+    def get(self, key: str, /) -> T | None: ...
+
+    @overload
+    def get(self, key: str, default: T, /) -> T: ...
+
+    @overload
+    def get(self, key: str, default: D, /) -> T | D: ...
+
+    def get(self, key: str, default: object = None, /) -> object:
+        # Mapping.get would find a missing key through a KeyError, which costs far more.
+        return self[key] if key in self._raw else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        # The raw values: a repr must not decode, so it can never raise.
+        return f"{type(self).__name__}({self._raw!r})"
+
+
+class Labels(Mapping[str, str]):
+    """An entity's FormattedValues (the text Dataverse shows for its values): not even the
+    array's shape is checked until someone reads them, since no decision does."""
+
+    __slots__ = ("_labels", "_path", "_raw")
+
+    def __init__(self, raw: Any, path: str) -> None:
+        self._raw = raw
+        self._path = path
+        self._labels: dict[str, str] | None = None
+
+    def _read(self) -> dict[str, str]:
+        if self._labels is None:
+            pairs = decode_pairs(self._raw, self._path)
+            self._labels = {key: text for key, text in pairs.items() if isinstance(text, str)}
+        return self._labels
+
+    def __getitem__(self, key: str) -> str:
+        return self._read()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._raw!r})"
+
+
 def decode_entity(raw: Any, path: str) -> Entity:
+    """An entity's id and row version are checked here; each attribute when it is read."""
     if not isinstance(raw, dict):
         raise ContractError(path, f"expected an Entity object, found {_kind(raw)}")
-    attributes = {
-        key: decode_value(value, f"{path}.Attributes[{key}]")
-        for key, value in decode_pairs(raw.get("Attributes"), f"{path}.Attributes")
-    }
-    formatted = {
-        key: value
-        for key, value in decode_pairs(raw.get("FormattedValues"), f"{path}.FormattedValues")
-        if isinstance(value, str)
-    }
+    attributes_path = f"{path}.Attributes"
+    attributes = decode_pairs(raw.get("Attributes"), attributes_path)
     logical_name = raw.get("LogicalName")
     entity_id = raw.get("Id")
     return Entity(
         logical_name=logical_name if isinstance(logical_name, str) else "",
         id=require_guid(entity_id, f"{path}.Id") if entity_id not in (None, "") else "",
-        attributes=attributes,
-        formatted_values=formatted,
+        attributes=Pairs(attributes, attributes_path, decode_value),
+        formatted_values=Labels(raw.get("FormattedValues"), f"{path}.FormattedValues"),
         row_version=_row_version(raw.get("RowVersion"), f"{path}.RowVersion"),
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from guardrails.engine import Decision, Facts, decide
+from guardrails.engine import Decision, Facts, Outcome, decide
 from guardrails.mailbox import MailboxState
 from guardrails.message import ExecutionContext, Rejection, parse_message
 from guardrails.policy import Policy, parse_policy
@@ -213,6 +213,25 @@ def parse_rejected(body: bytes, **kwargs: Any) -> Rejection:
     result = parse_message(body, **kwargs)
     assert isinstance(result, Rejection), result
     return result
+
+
+def rejected_when_decided(body: bytes, policy: Policy | None = None) -> Decision:
+    """The decision refusing a body that parses: a value is decoded (and found malformed) only
+    when the decision reads it, and the rejection is then the one a parse would give."""
+    context = parse_ok(body)
+    decision = decide(context, policy or make_policy())
+    assert decision.outcome is Outcome.REJECTED, decision
+    assert (decision.patch, decision.violations, decision.mailbox_id) == ({}, (), None)
+    return decision
+
+
+def wrong_shape(path: str, problem: str) -> str:
+    """The reason a body is refused for a value that breaks the data contract."""
+    return (
+        f"The body is JSON but not a valid Dataverse RemoteExecutionContext: at {path}, "
+        f"{problem}. Only a Dataverse service endpoint with message format JSON should post to "
+        "this queue."
+    )
 
 
 def dumps(data: Any) -> bytes:
