@@ -7,9 +7,11 @@ the policy YAML and for people live next to them here, in one place.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from itertools import chain
+from types import MappingProxyType
+from typing import NamedTuple
 
 from guardrails.message import ExecutionContext
 from guardrails.values import Entity, EntityReference, OptionSetValue, Value
@@ -50,6 +52,9 @@ COLUMN_LABELS: Mapping[Column, str] = {
     Column.SERVER_PROFILE: "Server profile",
 }
 
+
+# The default of an event's column maps: shared, so it must be read-only.
+_NONE: Mapping[Column, Value] = MappingProxyType({})
 
 _DELIVERY_NAMES: Mapping[Column, Mapping[int, str]] = {
     column: {number: name for name, number in names.items()}
@@ -98,9 +103,12 @@ class MailboxState:
     approval: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class MailboxEvent:
-    """What a Create or Update message says about one mailbox row."""
+class MailboxEvent(NamedTuple):
+    """What a Create or Update message says about one mailbox row.
+
+    A NamedTuple (a plain immutable record, made for every message): a tuple is built in one
+    step where a frozen dataclass sets each field in turn.
+    """
 
     message: str
     mailbox_id: str
@@ -108,9 +116,9 @@ class MailboxEvent:
     correlation_id: str | None = None
     initiating_user_id: str | None = None
     # Governed columns the caller set, with the values they set.
-    changed: Mapping[Column, Value] = field(default_factory=dict)
+    changed: Mapping[Column, Value] = _NONE
     # Governed columns' values before the change, where a pre image carries them.
-    previous: Mapping[Column, Value] = field(default_factory=dict)
+    previous: Mapping[Column, Value] = _NONE
     regarding: EntityReference | None = None
     owner: EntityReference | None = None
     name: str | None = None

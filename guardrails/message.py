@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from guardrails.values import (
     ContractError,
@@ -37,6 +38,8 @@ DEFAULT_MAX_BODY_BYTES = 512 * 1024
 # A lone UTF-16 surrogate can only come from a \uD800-\uDFFF escape; checked before any walk.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _REQUIRED = ("MessageName", "PrimaryEntityName", "PrimaryEntityId", "OrganizationId")
+# The default of a context's collections: shared, so it must be read-only.
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
 _FIX_FORMAT = (
     "Set the Dataverse service endpoint's message format to JSON "
     "(serviceendpoint.messageformat = 2) and re-register it."
@@ -62,8 +65,7 @@ class Rejection:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class ExecutionContext:
+class ExecutionContext(NamedTuple):
     """A RemoteExecutionContext.
 
     The fields are checked when the message is parsed: the names, the ids (a non-GUID refuses
@@ -71,6 +73,9 @@ class ExecutionContext:
     collections hold (images included) is decoded when first read (see `Pairs`). The properties
     after the fields, which no decision reads, are decoded from `raw` when asked for: a
     malformed one refuses nothing unless read, and then raises ContractError.
+
+    A NamedTuple rather than a frozen dataclass: a plain immutable record, built twice per
+    message, and a tuple is built in one step where a frozen dataclass sets each field in turn.
     """
 
     message_name: str
@@ -81,15 +86,28 @@ class ExecutionContext:
     correlation_id: str | None = None
     initiating_user_id: str | None = None
     user_id: str | None = None
-    input_parameters: Mapping[str, Value] = field(default_factory=dict)
-    pre_images: Mapping[str, Entity] = field(default_factory=dict)
-    post_images: Mapping[str, Entity] = field(default_factory=dict)
-    shared_variables: Mapping[str, Value] = field(default_factory=dict)
+    input_parameters: Mapping[str, Value] = _NOTHING
+    pre_images: Mapping[str, Entity] = _NOTHING
+    post_images: Mapping[str, Entity] = _NOTHING
+    shared_variables: Mapping[str, Value] = _NOTHING
     parent: ExecutionContext | None = None
     oversize: bool = False
     # The JSON object itself, and where it sits in the body (for a ContractError's path).
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    path: str = field(default="body", compare=False, repr=False)
+    raw: Mapping[str, Any] = _NOTHING
+    path: str = "body"
+
+    # `raw` and `path` say where the fields came from, not what the context is: two contexts
+    # are equal when their fields are, and a context in a log does not carry the whole body.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExecutionContext) and self[:-2] == other[:-2]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __repr__(self) -> str:
+        fields = zip(self._fields, self[:-2], strict=False)
+        shown = ", ".join(f"{name}={value!r}" for name, value in fields)
+        return f"ExecutionContext({shown})"
 
     @property
     def target(self) -> Entity | EntityReference | None:
@@ -335,17 +353,21 @@ def _guid(data: Mapping[str, Any], key: str, path: str) -> str | None:
     value = data.get(key)
     if value is None:
         return None
-    return require_guid(value, f"{path}.{key}")
+    return require_guid(value, path, key)
 
 
 def _images(raw: Any, path: str) -> Pairs[Entity]:
     return Pairs(decode_pairs(raw, path), path, decode_entity)
 
 
+def _collection(raw: Any, path: str) -> Pairs[Value]:
+    return Pairs(decode_pairs(raw, path), path, decode_value)
+
+
 def _parameters(raw: Any, path: str) -> Pairs[Value]:
     """Parameters decoded as they are read; but the Target, the row the message is about, at
     once: a Target with a malformed id or row version refuses the message here."""
-    parameters = Pairs(decode_pairs(raw, path), path, decode_value)
+    parameters = _collection(raw, path)
     parameters.get("Target")
     return parameters
 
@@ -367,11 +389,7 @@ def _context(data: Mapping[str, Any], path: str, *, oversize: bool) -> Execution
         input_parameters=_parameters(inputs_raw, f"{path}.InputParameters"),
         pre_images=_images(data.get("PreEntityImages"), f"{path}.PreEntityImages"),
         post_images=_images(data.get("PostEntityImages"), f"{path}.PostEntityImages"),
-        shared_variables=Pairs(
-            decode_pairs(data.get("SharedVariables"), f"{path}.SharedVariables"),
-            f"{path}.SharedVariables",
-            decode_value,
-        ),
+        shared_variables=_collection(data.get("SharedVariables"), f"{path}.SharedVariables"),
         parent=_context(parent_raw, f"{path}.ParentContext", oversize=False)
         if isinstance(parent_raw, dict)
         else None,

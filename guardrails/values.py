@@ -119,11 +119,15 @@ def shown(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def require_guid(value: object, path: str) -> str:
-    """An id that will go into a URL: a GUID, lower-cased, or a ContractError saying where."""
+def require_guid(value: object, path: str, key: str = "") -> str:
+    """An id that will go into a URL: a GUID, lower-cased, or a ContractError saying where.
+
+    The id sits at `path`, or at `path`.`key`: the path is joined only for the error, since
+    every message carries a dozen ids and nearly all of them are fine.
+    """
     if isinstance(value, str) and _GUID.match(value) is not None:
         return value.lower()
-    raise ContractError(path, f"expected a GUID, found {shown(value)}")
+    raise ContractError(f"{path}.{key}" if key else path, f"expected a GUID, found {shown(value)}")
 
 
 def _require_str(obj: Mapping[str, Any], key: str, path: str) -> str:
@@ -214,9 +218,9 @@ def decode_reference(raw: Any, path: str) -> EntityReference:
         raise ContractError(path, f"expected an EntityReference object, found {_kind(raw)}")
     name = raw.get("Name")
     return EntityReference(
-        logical_name=_require_str(raw, "LogicalName", path),
-        id=require_guid(_require_str(raw, "Id", path), f"{path}.Id"),
-        name=name if isinstance(name, str) else None,
+        _require_str(raw, "LogicalName", path),
+        require_guid(_require_str(raw, "Id", path), path, "Id"),
+        name if isinstance(name, str) else None,
     )
 
 
@@ -294,7 +298,10 @@ class Pairs(Mapping[str, T]):
 
 class Labels(Mapping[str, str]):
     """An entity's FormattedValues (the text Dataverse shows for its values): not even the
-    array's shape is checked until someone reads them, since no decision does."""
+    array's shape is checked until someone reads them, since no decision does.
+
+    `path` is the entity's: the labels' own path is joined only if they are read.
+    """
 
     __slots__ = ("_labels", "_path", "_raw")
 
@@ -305,7 +312,7 @@ class Labels(Mapping[str, str]):
 
     def _read(self) -> dict[str, str]:
         if self._labels is None:
-            pairs = decode_pairs(self._raw, self._path)
+            pairs = decode_pairs(self._raw, f"{self._path}.FormattedValues")
             self._labels = {key: text for key, text in pairs.items() if isinstance(text, str)}
         return self._labels
 
@@ -331,11 +338,11 @@ def decode_entity(raw: Any, path: str) -> Entity:
     logical_name = raw.get("LogicalName")
     entity_id = raw.get("Id")
     return Entity(
-        logical_name=logical_name if isinstance(logical_name, str) else "",
-        id=require_guid(entity_id, f"{path}.Id") if entity_id not in (None, "") else "",
-        attributes=Pairs(attributes, attributes_path, decode_value),
-        formatted_values=Labels(raw.get("FormattedValues"), f"{path}.FormattedValues"),
-        row_version=_row_version(raw.get("RowVersion"), f"{path}.RowVersion"),
+        logical_name if isinstance(logical_name, str) else "",
+        require_guid(entity_id, path, "Id") if entity_id not in (None, "") else "",
+        Pairs(attributes, attributes_path, decode_value),
+        Labels(raw.get("FormattedValues"), path),
+        _row_version(raw.get("RowVersion"), path),
     )
 
 
@@ -345,7 +352,8 @@ def _row_version(raw: object, path: str) -> str | None:
         return None
     text = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
     if not isinstance(text, str) or _ROW_VERSION.match(text) is None:
-        raise ContractError(path, f"expected a decimal row version, found {shown(raw)}")
+        problem = f"expected a decimal row version, found {shown(raw)}"
+        raise ContractError(f"{path}.RowVersion", problem)
     return text
 
 
