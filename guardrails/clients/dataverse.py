@@ -17,6 +17,7 @@ import requests
 
 from guardrails.clients.auth import TokenProvider
 from guardrails.clients.http import ApiClient, RetryPolicy
+from guardrails.clients.pacing import DATAVERSE_BUDGET, Pacer
 from guardrails.engine import QueueFacts, UserFacts
 from guardrails.errors import PermanentServiceError
 from guardrails.mailbox import GUARDRAIL_TAG, Column, MailboxState
@@ -191,6 +192,7 @@ def parse_email_settings(xml: str | None) -> dict[Column, int]:
 
 class DataverseClient(ApiClient):
     service = "Dataverse"
+    budget_headers = DATAVERSE_BUDGET
 
     def __init__(
         self,
@@ -202,6 +204,7 @@ class DataverseClient(ApiClient):
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         cache_ttl: float = 300.0,
+        pacer: Pacer | None = None,
     ) -> None:
         super().__init__(
             f"{base_url.rstrip('/')}/{API}",
@@ -212,6 +215,7 @@ class DataverseClient(ApiClient):
             retry=retry,
             sleep=sleep,
             default_headers=_HEADERS,
+            pacer=pacer,
         )
         self._whoami: WhoAmI | None = None
         self._whoami_lock = threading.Lock()

@@ -2,7 +2,8 @@
 
 Retry policy is data (RetryPolicy), and errors are types that say whether a retry can help. A
 wait longer than the policy allows in-process is not slept through: it surfaces as Throttled with
-the service's Retry-After, for the caller to reschedule without holding the message lock.
+the service's Retry-After, for the caller to reschedule without holding the message lock. A 429
+closes a gate for every thread of the client and sets a pace (guardrails.clients.pacing).
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
 
 import requests
 
 from guardrails.clients.auth import TokenProvider
+from guardrails.clients.pacing import Budget, BudgetHeaders, GateClosed, Pacer
 from guardrails.errors import (
     AuthenticationError,
     NotFound,
@@ -31,6 +34,9 @@ from guardrails.errors import (
     Throttled,
     TransientServiceError,
 )
+
+if TYPE_CHECKING:
+    from requests.sessions import _Settings
 
 _TRANSIENT_STATUS = frozenset({408, 500, 502, 503, 504})
 # Visible ASCII and spaces only: a header value with CR/LF or other controls would split the
@@ -70,6 +76,8 @@ class ApiClient:
     """Base of the Dataverse and Graph clients; immutable once built, safe across threads."""
 
     service = "service"
+    # Response headers reporting the remaining service protection budget, when the service has them.
+    budget_headers: BudgetHeaders | None = None
 
     def __init__(
         self,
@@ -82,6 +90,7 @@ class ApiClient:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         default_headers: Mapping[str, str] | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._scope = scope
@@ -93,9 +102,10 @@ class ApiClient:
         self._headers = dict(default_headers or {})
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
-        # After a 429, every thread of this client holds back until the service's Retry-After
-        # has passed: one throttled request must not be followed by a burst from the others.
-        self._open_at = 0.0
+        # After a 429 no thread of this client sends before the service's Retry-After has
+        # passed, then they resume paced: one pacer per user (clients of the same user may
+        # share one), shared by clones (`patient`).
+        self._pacer = pacer or Pacer()
 
     @property
     def request_counts(self) -> Mapping[str, int]:
@@ -141,10 +151,11 @@ class ApiClient:
         attempt = 0
         while True:
             attempt += 1
-            self._hold_back()
+            started = self._admit(method, url)
             token = self._tokens.token(self._scope, force_refresh=refreshed)
             all_headers = {**self._headers, **(headers or {}), "Authorization": f"Bearer {token}"}
             self._count(method, path)
+            throttled_for: float | None = None
             try:
                 response = self._session.request(
                     method,
@@ -160,6 +171,9 @@ class ApiClient:
                     self.service, f"{type(exc).__name__}: {exc}", method=method, url=url
                 )
             else:
+                budget = Budget.read(self.budget_headers, response.headers)
+                if response.status_code != 429:
+                    self._pacer.admitted(started, budget)
                 if response.status_code in expect:
                     return response
                 if response.status_code == 401:
@@ -169,17 +183,35 @@ class ApiClient:
                     attempt -= 1
                     continue
                 error = self.error(response, method, url)
-            if not repeatable and error.retryable and not isinstance(error, Throttled):
+                if isinstance(error, Throttled):
+                    throttled_for = self._retry.delay(attempt, error.retry_after)
+                    self._pacer.throttled(throttled_for, budget)
+            if not repeatable and error.retryable and throttled_for is None:
                 raise OutcomeUnknown(error)
             if not error.retryable or attempt >= self._retry.max_attempts:
                 raise error
-            if isinstance(error, Throttled) and error.retry_after:
-                with self._counts_lock:
-                    self._open_at = max(self._open_at, time.monotonic() + error.retry_after)
+            if throttled_for is not None:
+                if throttled_for > self._retry.max_retry_after:
+                    raise error
+                continue  # the gate holds this thread, like every other, until it has passed
             wait = self._retry.delay(attempt, error.retry_after)
             if wait > self._retry.max_retry_after:
                 raise error
             self._sleep(wait)
+
+    def _admit(self, method: str, url: str) -> float:
+        """Wait for the gate and the pace; a Retry-After longer than this client waits is not
+        waited (nor cut short by sending): it is raised as Throttled, nothing sent."""
+        try:
+            return self._pacer.admit(self._sleep, self._retry.max_retry_after)
+        except GateClosed as closed:
+            raise Throttled(
+                self.service,
+                f"not sent: throttled for another {closed.wait:.1f} s",
+                retry_after=closed.wait,
+                method=method,
+                url=url,
+            ) from None
 
     def patient(
         self,
@@ -197,20 +229,6 @@ class ApiClient:
         if sleep is not None:
             clone._sleep = sleep
         return clone
-
-    def _hold_back(self) -> None:
-        """Wait out a Retry-After another thread of this client was given, once: the gate is
-        passed after the wait (an injected sleep that does not move the clock must not make
-        every later request wait again)."""
-        with self._counts_lock:
-            opens = self._open_at
-        wait = opens - time.monotonic()
-        if wait <= 0:
-            return
-        self._sleep(min(wait, self._retry.max_retry_after))
-        with self._counts_lock:
-            if self._open_at == opens:  # no newer 429 moved it meanwhile
-                self._open_at = 0.0
 
     def error(self, response: requests.Response, method: str, url: str) -> ServiceError:
         code, message = _error_body(response)
@@ -259,11 +277,39 @@ class _TimeoutSession(requests.Session):
         super().__init__()
         self._default_timeout = timeout
         self.headers["User-Agent"] = "mailbox-guardrails"
+        self._environment: dict[tuple[str, str], _Settings] = {}
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self._default_timeout
         return super().request(method, url, *args, **kwargs)
+
+    def merge_environment_settings(
+        self,
+        url: str | bytes | None,
+        proxies: MutableMapping[str, str] | None,
+        stream: bool | None,
+        verify: bool | str | None,
+        cert: str | tuple[str, str] | None,
+    ) -> _Settings:
+        """Proxy variables and the CA bundle, read from the environment once per origin.
+
+        `requests` reads every environment variable for the proxy settings on each request,
+        about a tenth of a request's cost in this process; a running host's environment does not
+        change. Explicit per-request settings (none of this project's calls have any) are
+        merged afresh.
+        """
+        if proxies or stream is not None or verify is not None or cert is not None:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url.decode() if isinstance(url, bytes) else str(url))
+        origin = (parts.scheme, parts.netloc)
+        settings = self._environment.get(origin)
+        if settings is None:
+            settings = super().merge_environment_settings(url, {}, None, None, None)
+            self._environment[origin] = settings
+        fresh = settings.copy()
+        fresh["proxies"] = dict(settings["proxies"])  # `send` may add to it
+        return fresh
 
 
 def new_session(timeout: float = 30.0) -> requests.Session:

@@ -693,6 +693,14 @@ class _Annotations:
 # -- service protection limits ------------------------------------------------------------------
 
 
+# What is left of the user's limits, on every response while they are enforced (Microsoft's
+# "Service protection API limits": "the remaining number of requests for this connection" and
+# "the remaining combined duration for all connections using the same user account"; a captured
+# real response shows "7999" and "1,200.00", seconds).
+BURST_REMAINING = "x-ms-ratelimit-burst-remaining-xrm-requests"
+TIME_REMAINING = "x-ms-ratelimit-time-remaining-xrm-requests"
+
+
 class _ServiceProtection:
     """Per-user sliding windows: request count, combined execution time, concurrency."""
 
@@ -703,12 +711,14 @@ class _ServiceProtection:
         max_concurrent: int,
         execution_ms_per_window: float | None,
         execution_ms_per_request: float | None,
+        report_budget: bool,
     ) -> None:
         self.requests_per_window = requests_per_window
         self.window = window
         self.max_concurrent = max_concurrent
         self.execution_limit = execution_ms_per_window
         self.execution_cost = execution_ms_per_request
+        self.report_budget = report_budget
         self._lock = threading.Lock()
         self._arrivals: dict[str, deque[float]] = {}
         self._executions: dict[str, deque[tuple[float, float]]] = {}
@@ -725,42 +735,56 @@ class _ServiceProtection:
             executions.popleft()
         return arrivals, executions
 
-    def admit(self, user_id: str) -> None:
+    def admit(self, user_id: str) -> dict[str, str]:
+        """Count the request in, or raise the 429; returns the remaining-budget headers."""
         now = time.monotonic()
         with self._lock:
             arrivals, executions = self._expire(user_id, now)
+            total = sum(ms for _, ms in executions) if self.execution_limit is not None else 0.0
+            budget = self._budget(len(arrivals), total)
             if len(arrivals) >= self.requests_per_window:
                 raise self._throttle(
                     "0x80072322",
                     f"Number of requests exceeded the limit of {self.requests_per_window} over "
                     f"time window of {format_seconds(self.window)} seconds.",
                     arrivals[0] + self.window - now,
+                    budget,
                 )
-            if self.execution_limit is not None:
-                total = sum(ms for _, ms in executions)
-                if total >= self.execution_limit:
-                    remaining, wait = total, 0.0
-                    for finished, ms in executions:
-                        remaining -= ms
-                        wait = finished + self.window - now
-                        if remaining < self.execution_limit:
-                            break
-                    raise self._throttle(
-                        "0x80072321",
-                        "Combined execution time of incoming requests exceeded limit of "
-                        f"{self.execution_limit:,.0f} milliseconds over time window of "
-                        f"{format_seconds(self.window)} seconds. Decrease number of concurrent "
-                        "requests or reduce the duration of requests and try again later.",
-                        wait,
-                    )
+            if self.execution_limit is not None and total >= self.execution_limit:
+                remaining, wait = total, 0.0
+                for finished, ms in executions:
+                    remaining -= ms
+                    wait = finished + self.window - now
+                    if remaining < self.execution_limit:
+                        break
+                raise self._throttle(
+                    "0x80072321",
+                    "Combined execution time of incoming requests exceeded limit of "
+                    f"{self.execution_limit:,.0f} milliseconds over time window of "
+                    f"{format_seconds(self.window)} seconds. Decrease number of concurrent "
+                    "requests or reduce the duration of requests and try again later.",
+                    wait,
+                    budget,
+                )
             if self._in_flight[user_id] >= self.max_concurrent:
                 raise self._throttle(
                     "0x80072326",
                     f"Number of concurrent requests exceeded the limit of {self.max_concurrent}.",
                     1.0,
+                    budget,
                 )
             arrivals.append(now)
             self._in_flight[user_id] += 1
+            return self._budget(len(arrivals), total)
+
+    def _budget(self, requests: int, execution_ms: float) -> dict[str, str]:
+        if not self.report_budget:
+            return {}
+        headers = {BURST_REMAINING: str(max(0, self.requests_per_window - requests))}
+        if self.execution_limit is not None:
+            seconds = max(0.0, self.execution_limit - execution_ms) / 1000.0
+            headers[TIME_REMAINING] = f"{seconds:,.2f}"
+        return headers
 
     def release(self, user_id: str, elapsed_ms: float, operations: int) -> None:
         cost = elapsed_ms if self.execution_cost is None else self.execution_cost * operations
@@ -768,10 +792,14 @@ class _ServiceProtection:
             self._in_flight[user_id] -= 1
             self._executions.setdefault(user_id, deque()).append((time.monotonic(), cost))
 
-    def _throttle(self, code: str, message: str, wait: float) -> DataverseError:
+    def _throttle(
+        self, code: str, message: str, wait: float, budget: dict[str, str]
+    ) -> DataverseError:
         self._throttled[code] += 1
         retry_after = max(1, math.ceil(wait))
-        return DataverseError(429, code, message, headers={"Retry-After": str(retry_after)})
+        return DataverseError(
+            429, code, message, headers={"Retry-After": str(retry_after), **budget}
+        )
 
     def throttled_total(self) -> int:
         with self._lock:
@@ -1550,6 +1578,7 @@ class DataverseSimulator(SandboxServer):
         execution_ms_per_window: float | None = None,
         *,
         execution_ms_per_request: float | None = None,
+        report_budget: bool = True,
     ) -> None:
         """Enforce Dataverse's service protection limits per calling user (sliding window).
 
@@ -1560,7 +1589,12 @@ class DataverseSimulator(SandboxServer):
         A ``$batch`` is one request for the count and the concurrency limits, and charges the
         execution time of all its operations. Execution time is measured, or
         ``execution_ms_per_request`` per request (per operation in a batch) when given, to
-        model a slow organization. Calling it again resets the counters.
+        model a slow organization. Every answer while they are enforced reports what is left,
+        as Dataverse does: ``x-ms-ratelimit-burst-remaining-xrm-requests`` (requests left in the
+        window, after this one) and, with an execution-time limit,
+        ``x-ms-ratelimit-time-remaining-xrm-requests`` (seconds, e.g. ``1,200.00``);
+        ``report_budget=False`` leaves them out (Microsoft calls them debugging aids: a client
+        must cope without). Calling it again resets the counters.
         """
         if requests_per_window < 1 or window_seconds <= 0 or max_concurrent < 1:
             raise ValueError("limits must be positive")
@@ -1570,6 +1604,7 @@ class DataverseSimulator(SandboxServer):
             max_concurrent,
             execution_ms_per_window,
             execution_ms_per_request,
+            report_budget,
         )
 
     def clear_service_protection(self) -> None:
@@ -2090,11 +2125,16 @@ class DataverseSimulator(SandboxServer):
         protection = self._protection
         if protection is None:
             return self._dispatch(request, user_id)
-        protection.admit(user_id)
+        budget = protection.admit(user_id)
         self._local.operations = 1
         started = time.perf_counter()
         try:
-            return self._dispatch(request, user_id)
+            try:
+                response = self._dispatch(request, user_id)
+            except DataverseError as error:  # an error answer reports the budget too
+                response = self._error_response(error)
+            response.headers.update(budget)
+            return response
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             protection.release(user_id, elapsed_ms, int(getattr(self._local, "operations", 1)))

@@ -39,6 +39,12 @@ param instanceMemoryMB int = 2048
 // requests in flight:
 //     6 instances x 8 = 48 < 52,
 // leaving 4 for the reconcile timer (its own function group, a singleton) and an admin's tools.
+// Throughput is bound by the request count instead (6,000 per 300 s = 20 requests/s per user and
+// web server), which takes only rate x time per request in flight to reach:
+//     20/s x 0.1 s = 2 requests (0.4 at 20 ms),
+// so one instance's 8 reach it for requests of up to 8 / 20 = 0.4 s (benchmarks/storm.py: a
+// scaled 120/s at 23 ms a request is reached from 3 workers). More instances add throughput only
+// where their sessions land on other web servers (limits are per server); 6 x 8 covers six.
 // tests/infra recomputes this from host.json. If a region refuses a maximum below 40 (values below
 // 40 were rolled out region by region), keep the product under 52 the other way round:
 // maximumInstanceCount 40 with maxConcurrentCalls 1 in host.json.

@@ -91,12 +91,15 @@ def test_the_economy_benchmark_counts_requests_per_message() -> None:
     assert set(by_kind) <= {"GET WhoAmI", "GET systemusers", "PATCH mailboxes"}
 
 
-def test_the_storm_benchmark_loses_nothing_under_the_limits() -> None:
+@pytest.mark.parametrize("report_budget", [True, False], ids=["budget-headers", "no-headers"])
+def test_the_storm_benchmark_loses_nothing_under_the_limits(report_budget: bool) -> None:
     from benchmarks.storm import run as storm
 
-    figures = storm(120, 4, 60, 1.0, 0.0)
+    figures = storm(120, 4, 60, 1.0, 0.0, report_budget=report_budget)
     assert figures["compliant_at_end"] == 120 and figures["lost"] == 0
     assert figures["requests_per_change"] == 3.0
+    assert figures["budget_headers"] is report_budget
+    assert figures["throttled_429"] != 0  # it did run into the limit
 
 
 def _quick(script: str) -> str:

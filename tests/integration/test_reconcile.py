@@ -209,5 +209,7 @@ def test_the_sweep_waits_out_a_long_retry_after_instead_of_failing(tenant: Deplo
         runs=worker.state.runs,
     )
     summary = sweep.run()
-    assert 45 in waits  # the service's Retry-After, honoured, not cut short
+    # The service's Retry-After, counted from the 429 (the gate opens 45 s after it came in):
+    # honoured, not cut short.
+    assert any(44 < wait <= 45 for wait in waits)
     assert summary.fixed == len(drifted) and summary.failed == 0

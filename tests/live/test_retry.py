@@ -1,9 +1,14 @@
 import time
+from collections.abc import Callable
 from email.utils import formatdate
+from typing import Any
 
 import pytest
+import requests
 
-from guardrails.clients.http import RetryPolicy, retry_after_seconds
+from guardrails.clients.http import ApiClient, RetryPolicy, retry_after_seconds
+from guardrails.clients.pacing import Pacer
+from guardrails.errors import Throttled
 
 
 @pytest.mark.parametrize(
@@ -34,26 +39,75 @@ def test_the_services_own_wait_wins() -> None:
     assert RetryPolicy().delay(1, 12.5) == 12.5
 
 
-def test_after_a_429_every_thread_of_the_client_holds_back() -> None:
-    """One throttled answer makes the client's other requests wait the Retry-After too."""
-    import requests as requests_lib
+class Tokens:
+    def token(self, scope: str, *, force_refresh: bool = False) -> str:
+        return "t"
 
-    from guardrails.clients.http import ApiClient
 
-    class Tokens:
-        def token(self, scope: str, *, force_refresh: bool = False) -> str:
-            return "t"
+class Answers(requests.Session):
+    """A service that answers from a script, recording when each request was sent."""
 
-    slept: list[float] = []
-    client = ApiClient(
-        "https://dataverse.invalid",
+    def __init__(self, clock: Callable[[], float], *answers: tuple[int, dict[str, str]]) -> None:
+        super().__init__()
+        self.clock = clock
+        self.answers = list(answers)
+        self.sent: list[float] = []
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(self.clock())
+        status, headers = self.answers.pop(0) if self.answers else (200, {})
+        response = requests.Response()
+        response.status_code, response._content = status, b"{}"
+        response.headers.update(headers)
+        return response
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def client_of(session: requests.Session, clock: Clock) -> ApiClient:
+    return ApiClient(
+        "https://service.invalid",
         scope="s",
         tokens=Tokens(),
-        session=requests_lib.Session(),
-        sleep=slept.append,
+        session=session,
+        sleep=clock.sleep,
+        pacer=Pacer(clock),
     )
-    client._open_at = time.monotonic() + 5.0  # as a 429 with Retry-After 5 sets it
-    client._hold_back()
-    assert len(slept) == 1 and 4.0 < slept[0] <= 5.0
-    client._hold_back()  # the gate was passed: a later request does not wait again
-    assert len(slept) == 1
+
+
+def test_after_a_429_no_request_of_the_client_starts_before_its_retry_after() -> None:
+    clock = Clock()
+    session = Answers(clock, (429, {"Retry-After": "5"}))
+    client = client_of(session, clock)
+    assert client.request("GET", "rows").status_code == 200
+    assert session.sent == [50.0, 55.0] and clock.slept == [5.0]
+    client.patient(max_retry_after=300).request("GET", "rows")  # clones share the gate
+    assert session.sent[-1] == 55.0 and clock.slept == [5.0]  # passed: no second wait
+
+
+def test_a_retry_after_longer_than_the_client_waits_is_raised_and_nothing_sent_early() -> None:
+    clock = Clock()
+    session = Answers(clock, (429, {"Retry-After": "45"}))
+    client = client_of(session, clock)
+    with pytest.raises(Throttled) as first:
+        client.request("PATCH", "rows(1)", expect=(204,), repeatable=False)
+    assert first.value.retry_after == 45.0
+    clock.now += 10
+    with pytest.raises(Throttled) as second:  # another message, 10 s later
+        client.request("GET", "rows")
+    assert second.value.retry_after == 35.0 and "not sent" in str(second.value)
+    assert session.sent == [50.0] and clock.slept == []
+    patient = client.patient(max_retry_after=300)
+    assert patient.request("GET", "rows").status_code == 200  # the sweep waits it out
+    assert session.sent == [50.0, 95.0]

@@ -1135,6 +1135,32 @@ def test_execution_time_limit(org: Org) -> None:
     assert org.dv.throttled_by_code == {"0x80072321": 1}
 
 
+BURST = "x-ms-ratelimit-burst-remaining-xrm-requests"
+TIME = "x-ms-ratelimit-time-remaining-xrm-requests"
+
+
+def test_every_answer_reports_the_remaining_budget_while_limits_are_on(org: Org) -> None:
+    assert BURST not in org.session.get(f"{org.api}/WhoAmI").headers  # limits off: not sent
+    org.dv.set_service_protection(
+        3, 30, execution_ms_per_window=1_500_000, execution_ms_per_request=100_000
+    )
+    answers = [org.session.get(f"{org.api}/WhoAmI") for _ in range(2)]
+    missing = org.session.get(f"{org.api}/mailboxes({uuid.uuid4()})")  # an error is counted too
+    throttled = org.session.get(f"{org.api}/WhoAmI")
+    assert [a.status_code for a in [*answers, missing, throttled]] == [200, 200, 404, 429]
+    # Requests left after this one; seconds of execution time left, formatted as Dataverse does.
+    assert [a.headers[BURST] for a in [*answers, missing, throttled]] == ["2", "1", "0", "0"]
+    assert [a.headers[TIME] for a in [*answers, missing]] == ["1,500.00", "1,400.00", "1,300.00"]
+    assert throttled.headers[TIME] == "1,200.00" and throttled.headers["Retry-After"]
+
+
+def test_the_budget_headers_can_be_left_out(org: Org) -> None:
+    org.dv.set_service_protection(1, 30, report_budget=False)
+    answers = [org.session.get(f"{org.api}/WhoAmI") for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 429]
+    assert not any(BURST in a.headers or TIME in a.headers for a in answers)
+
+
 def test_a_batch_is_one_request_for_the_count_limit(org: Org) -> None:
     org.dv.set_service_protection(2, 30, execution_ms_per_request=10)
     operations = [get_operation(f"mailboxes({org.mailbox})?$select=emailaddress")] * 5
