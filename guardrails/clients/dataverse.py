@@ -72,6 +72,26 @@ class TtlCache(Generic[K, V]):
         return value
 
 
+class Once(Generic[V]):
+    """A value loaded at most once, however many threads ask together; shared by a client and
+    its `patient` copies (a copy of the client shares this object, not a snapshot of it)."""
+
+    def __init__(self) -> None:
+        self._value: V | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def known(self) -> V | None:
+        """The value if it was loaded (never loads)."""
+        return self._value
+
+    def get(self, load: Callable[[], V]) -> V:
+        with self._lock:
+            if self._value is None:
+                self._value = load()
+            return self._value
+
+
 @dataclass(frozen=True, slots=True)
 class WhoAmI:
     user_id: str
@@ -217,8 +237,7 @@ class DataverseClient(ApiClient):
             default_headers=_HEADERS,
             pacer=pacer,
         )
-        self._whoami: WhoAmI | None = None
-        self._whoami_lock = threading.Lock()
+        self._whoami: Once[WhoAmI] = Once()
         self._users: TtlCache[str, UserFacts] = TtlCache(cache_ttl)
         self._roles: TtlCache[str, tuple[frozenset[str], frozenset[str]]] = TtlCache(cache_ttl)
         self._org: TtlCache[str, dict[Column, int | str]] = TtlCache(cache_ttl)
@@ -227,19 +246,21 @@ class DataverseClient(ApiClient):
     @property
     def known_user_id(self) -> str | None:
         """The app's own systemuserid if WhoAmI was already answered (never a request)."""
-        return self._whoami.user_id if self._whoami is not None else None
+        known = self._whoami.known
+        return known.user_id if known is not None else None
 
     def whoami(self) -> WhoAmI:
-        """The app's own systemuserid; it never changes while the process lives."""
-        with self._whoami_lock:  # one request per process, however many messages arrive at once
-            if self._whoami is None:
-                data = _body(self.request("GET", "WhoAmI"))
-                self._whoami = WhoAmI(
-                    user_id=str(data["UserId"]).lower(),
-                    business_unit_id=str(data.get("BusinessUnitId", "")).lower(),
-                    organization_id=str(data.get("OrganizationId", "")).lower(),
-                )
-            return self._whoami
+        """The app's own systemuserid; it never changes while the process lives (one request per
+        process, however many messages and sweeps ask at once)."""
+        return self._whoami.get(self._ask_whoami)
+
+    def _ask_whoami(self) -> WhoAmI:
+        data = _body(self.request("GET", "WhoAmI"))
+        return WhoAmI(
+            user_id=str(data["UserId"]).lower(),
+            business_unit_id=str(data.get("BusinessUnitId", "")).lower(),
+            organization_id=str(data.get("OrganizationId", "")).lower(),
+        )
 
     def get_mailbox(self, mailbox_id: str) -> MailboxState:
         response = self.request(

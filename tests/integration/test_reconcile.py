@@ -213,3 +213,17 @@ def test_the_sweep_waits_out_a_long_retry_after_instead_of_failing(tenant: Deplo
     # honoured, not cut short.
     assert any(44 < wait <= 45 for wait in waits)
     assert summary.fixed == len(drifted) and summary.failed == 0
+
+
+def test_the_sweep_and_the_messages_share_one_whoami(tenant: Deployment) -> None:
+    """The sweep's patient copy of the client and the client it came from ask WhoAmI once
+    between them, whichever asks first."""
+    seed(tenant)
+    dataverse = tenant.sandbox.dataverse
+    dataverse.clear_log()
+    assert tenant.app.worker.executor.dataverse.known_user_id is None  # a cold instance
+
+    build_sweep(tenant.app.worker).run()
+    tenant.run(tenant.user_change({"incomingemaildeliverymethod": 3}))
+
+    assert dataverse.count("GET", "WhoAmI") == 1
