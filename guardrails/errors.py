@@ -89,6 +89,12 @@ class Throttled(TransientServiceError):
     """429: the service protection limits; `retry_after` is the service's own wait in seconds."""
 
 
+class HeldBack(Throttled):
+    """Not sent: a Retry-After the service gave this client (for another request) still runs for
+    longer than the caller waits in-process. Nothing was attempted, so a message held back
+    spends none of its attempts."""
+
+
 class PermanentServiceError(ServiceError):
     """The request itself is wrong (400, 403, ...): repeating it cannot help."""
 

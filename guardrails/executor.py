@@ -38,6 +38,7 @@ from guardrails.engine import (
 )
 from guardrails.errors import (
     AuthenticationError,
+    HeldBack,
     NotFound,
     OutcomeUnknown,
     PermanentServiceError,
@@ -264,6 +265,8 @@ class Executor:
             # is an outage like any other.
             delay = None if exc.transient else CONFIGURATION_RETRY_DELAY
             return RetryLater(str(exc), delay, decision)
+        except HeldBack as exc:
+            return RetryLater(str(exc), exc.retry_after, decision, attempted=False)
         except ServiceError as exc:
             if exc.retryable:
                 return RetryLater(str(exc), exc.retry_after, decision)

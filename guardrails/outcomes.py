@@ -36,12 +36,14 @@ class RetryLater:
     """May succeed later (throttling, an outage).
 
     `delay` is the wait the service asked for (its Retry-After), or None when it asked for none
-    (an outage, a timeout): settlement then backs off on its own schedule.
+    (an outage, a timeout): settlement then backs off on its own schedule. `attempted` is False
+    when nothing was tried (held back by a Retry-After still running): no attempt is spent.
     """
 
     reason: str
     delay: float | None = None
     decision: Decision | None = None
+    attempted: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ model):
 1. done or nothing to do -> complete the message;
 2. give up -> record it (raw body and reason, where `guardrails dlq` shows it) and complete:
    a message that can never succeed must not burn Service Bus deliveries;
-3. retry later, past the cap on attempts or on age -> the same as give up, with why;
+3. retry later, past the cap on attempts or on age -> the same as give up, with why (a message
+   held back without being tried, by a Retry-After still running, spends no attempt: only
+   its age bounds it, so a storm of 429s cannot use up its attempts);
 4. retry later with a short wait (the service's Retry-After, or the first back-off step, up to
    `in_process_wait`) -> wait inside this invocation and try again; the message lock is renewed
    by the host meanwhile;
@@ -114,7 +116,7 @@ def settle(
     if isinstance(result, GiveUp):
         return Record(result.reason, "permanent")
     assert isinstance(result, RetryLater)
-    if attempt >= policy.max_attempts or age >= policy.max_age:
+    if (attempt >= policy.max_attempts and result.attempted) or age >= policy.max_age:
         return Record(
             f"gave up after {attempt} attempt(s) over {age / 60:.0f} min: {result.reason}",
             "exhausted",
@@ -129,4 +131,4 @@ def settle(
         delay = asked + rng.random() * policy.retry_after_slack
     else:
         delay = outage_delay(attempt, policy, rng)
-    return Schedule(delay, attempt + 1, result.reason)
+    return Schedule(delay, attempt + 1 if result.attempted else attempt, result.reason)

@@ -33,6 +33,7 @@ from guardrails.clients.auth import MsalTokenProvider, TokenProvider
 from guardrails.clients.dataverse import DataverseClient
 from guardrails.clients.graph import GraphClient
 from guardrails.clients.http import RetryPolicy, new_session
+from guardrails.clients.pacing import Pacer
 from guardrails.clients.servicebus import QueueClient, servicebus_settings
 from guardrails.clients.tables import TableStore, storage_settings, table_store
 from guardrails.errors import ConfigurationError, GuardrailsError, ServiceError
@@ -237,7 +238,11 @@ def build_worker(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.time,
 ) -> Worker:
-    """Everything the worker needs, wired once per process; clients are immutable after this."""
+    """Everything the worker needs, wired once per process; clients are immutable after this.
+
+    `sleep` and `clock` are the worker's time: its waits, its retries' due times, and each
+    client's gate and pace after a 429 (a Retry-After is waited out on the clock `sleep` moves).
+    """
     policy = load_policy(settings.policy_path)
     session = new_session(settings.http_timeout)
     tokens = tokens or MsalTokenProvider(
@@ -250,6 +255,7 @@ def build_worker(
         timeout=settings.http_timeout,
         retry=retry,
         sleep=sleep,
+        pacer=Pacer(clock),
     )
     graph = GraphClient(
         settings.graph_url,
@@ -259,6 +265,7 @@ def build_worker(
         timeout=settings.http_timeout,
         retry=retry,
         sleep=sleep,
+        pacer=Pacer(clock),
     )
     limits = policy.notifications.throttle
     state = State.over(

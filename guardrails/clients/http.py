@@ -26,6 +26,7 @@ from guardrails.clients.auth import TokenProvider
 from guardrails.clients.pacing import Budget, BudgetHeaders, GateClosed, Pacer
 from guardrails.errors import (
     AuthenticationError,
+    HeldBack,
     NotFound,
     OutcomeUnknown,
     PermanentServiceError,
@@ -205,7 +206,7 @@ class ApiClient:
         try:
             return self._pacer.admit(self._sleep, self._retry.max_retry_after)
         except GateClosed as closed:
-            raise Throttled(
+            raise HeldBack(
                 self.service,
                 f"not sent: throttled for another {closed.wait:.1f} s",
                 retry_after=closed.wait,

@@ -100,3 +100,14 @@ def test_in_process_waits_stop_at_the_invocation_budget() -> None:
         elapsed=POLICY.in_process_budget - 10.0,
     )
     assert isinstance(action, Schedule)  # waiting here would outlive the budget
+
+
+def test_a_message_held_back_by_a_running_retry_after_spends_no_attempt() -> None:
+    """Nothing was sent (another request's Retry-After still runs): the copy keeps its attempt
+    number, even at the cap, so a storm cannot use up a message's attempts; age still bounds it."""
+    held = RetryLater("not sent: throttled for another 200 s", 200.0, attempted=False)
+    action = run(held, attempt=POLICY.max_attempts, age=3600.0)
+    assert isinstance(action, Schedule)
+    assert action.attempt == POLICY.max_attempts and action.delay >= 200.0
+    too_old = run(held, attempt=1, age=POLICY.max_age)
+    assert isinstance(too_old, Record) and too_old.code == "exhausted"

@@ -258,6 +258,25 @@ def test_long_throttling_schedules_a_byte_identical_copy_when_the_service_asked(
     assert deployment.row()["incomingemaildeliverymethod"] == 3  # not yet: the copy will do it
 
 
+def test_a_message_held_back_by_a_running_retry_after_is_not_sent_and_spends_no_attempt(
+    secret_deployment: Deployment, broker: TestBroker
+) -> None:
+    deployment = secret_deployment
+    first = deployment.user_change({"incomingemaildeliverymethod": 3})
+    deployment.sandbox.dataverse.inject(429, retry_after=120, method="PATCH")
+    deployment.run(first)  # throttled: every request of the app user waits 120 s now
+    second = deployment.user_change({"outgoingemaildeliverymethod": 1})
+    sent = len(deployment.sandbox.dataverse.requests_log)
+
+    handled = deployment.run(second)
+
+    assert isinstance(handled.action, Schedule)
+    assert len(deployment.sandbox.dataverse.requests_log) == sent  # nothing sent early
+    copies = broker.scheduled(os.environ["SERVICEBUS_QUEUE"])
+    (copy,) = [c for c in copies if c.message_id == second.message_id]
+    assert copy.application_properties["attempt"] == 1  # held back, not tried: none spent
+
+
 def test_server_error_is_retried_with_back_off(secret_deployment: Deployment) -> None:
     deployment = secret_deployment
     message = deployment.user_change({"incomingemaildeliverymethod": 3})
