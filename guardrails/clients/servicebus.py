@@ -175,8 +175,14 @@ class QueueClient:
         *,
         client_factory: Callable[[], ServiceBusClient] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        operation_timeout: float = 30.0,
     ) -> None:
         self._settings = settings
+        # Without one, the SDK waits for a $management answer (a schedule) for ever: a lost
+        # answer would hold this client's lock, and every invocation that schedules, until the
+        # function times out. A timed-out schedule may have happened: the copy it left is a
+        # duplicate the ledger recognises.
+        self._timeout = operation_timeout
         self._factory = client_factory or (lambda: servicebus_client(settings))
         self._clock = clock
         self._lock = threading.Lock()
@@ -219,7 +225,9 @@ class QueueClient:
         due = self._clock() + timedelta(seconds=delay)
         with self._lock:
             try:
-                (sequence,) = self._send_link().schedule_messages(message, due)
+                (sequence,) = self._send_link().schedule_messages(
+                    message, due, timeout=self._timeout
+                )
             except AzureError as exc:
                 self._drop_link()
                 raise _typed(exc, f"scheduling a retry on queue '{self.queue}'") from exc
@@ -244,7 +252,7 @@ class QueueClient:
         )
         with self._lock:
             try:
-                self._send_link().send_messages(message)
+                self._send_link().send_messages(message, timeout=self._timeout)
             except AzureError as exc:
                 self._drop_link()
                 raise _typed(exc, f"sending to queue '{self.queue}'") from exc

@@ -59,7 +59,9 @@ SERVER_BUSY = "com.microsoft:server-busy"
 INTERNAL_ERROR = "amqp:internal-error"
 LOCK_LOST = "com.microsoft:message-lock-lost"
 NOT_FOUND = "com.microsoft:message-not-found"
-FaultOperation = Literal["send", "settle", "schedule", "cancel", "peek", "renew-lock"]
+FaultOperation = Literal[
+    "send", "settle", "schedule", "cancel", "peek", "renew-lock", "schedule-answer"
+]
 _STATUS = {SERVER_BUSY: 503, INTERNAL_ERROR: 500, LOCK_LOST: 410, NOT_FOUND: 404}
 _HEADER, _ANNOTATIONS, _PROPERTIES, _APPLICATION, _DATA = 0x70, 0x72, 0x73, 0x74, 0x75
 _CREDIT = 1000  # credit kept open on every link the SDK sends on (fact 3)
@@ -664,7 +666,8 @@ class TestBroker:
         "send" is a transfer to a queue (a rejected delivery); "settle" is a settlement on the
         receive link or by $management update-disposition; the others are $management requests.
         The default condition becomes ServiceBusServerBusyError, which the SDK retries;
-        INTERNAL_ERROR becomes a plain, also retryable, ServiceBusError.
+        INTERNAL_ERROR becomes a plain, also retryable, ServiceBusError. "schedule-answer"
+        schedules the message and loses the answer (no reply is sent; `condition` is unused).
         """
         with self._store.lock:
             fault = _Fault(condition, description, times)
@@ -973,6 +976,8 @@ class _Reactor(Handler):
             operation = str(properties.get("operation", "")).removeprefix("com.microsoft:")
             body = {str(k): v for k, v in cast(dict[Any, Any], request.body or {}).items()}
             status, value, condition, text = self.management(entity, operation, body)
+            if operation == "schedule-message" and self.broker._fault("schedule-answer"):
+                return  # done, and the answer lost on the way back
         reply_properties: dict[str, Any] = {
             "status-code": status, "status-description": text,  # read by CBS
             "statusCode": status, "statusDescription": text,  # read by $management
