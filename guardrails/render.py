@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from markupsafe import Markup
 
 from guardrails.mailbox import COLUMN_LABELS, Column, describe
+from guardrails.once import Once
 from guardrails.policy.model import (
     SUBJECT_FIELDS,
     TEMPLATE_FIELDS,
@@ -115,18 +116,14 @@ def _environment(*, body: bool) -> SandboxedEnvironment:
     return environment
 
 
-_environments: dict[bool, SandboxedEnvironment] = {}
-_environments_lock = threading.Lock()
+# Subjects (plain text) and bodies (HTML), each in its own environment.
+_ENVIRONMENTS: dict[bool, Once[SandboxedEnvironment]] = {True: Once(), False: Once()}
 
 
 def templates(*, subject: bool) -> SandboxedEnvironment:
     """The environment subjects (plain text) or bodies (HTML) are read and compiled in: built on
     first use, once, and shared by every thread."""
-    with _environments_lock:
-        environment = _environments.get(subject)
-        if environment is None:
-            environment = _environments[subject] = _environment(body=not subject)
-        return environment
+    return _ENVIRONMENTS[subject].get(lambda: _environment(body=not subject))
 
 
 class TemplateProblem(ValueError):

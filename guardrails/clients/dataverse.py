@@ -21,6 +21,7 @@ from guardrails.clients.pacing import DATAVERSE_BUDGET, Pacer
 from guardrails.engine import QueueFacts, UserFacts
 from guardrails.errors import PermanentServiceError
 from guardrails.mailbox import GUARDRAIL_TAG, Column, MailboxState
+from guardrails.once import Once
 from guardrails.values import EntityReference, Value, is_guid, scrub
 
 API = "api/data/v9.2"
@@ -70,26 +71,6 @@ class TtlCache(Generic[K, V]):
         with self._lock:
             self._items[key] = (self._clock() + self._ttl, value)
         return value
-
-
-class Once(Generic[V]):
-    """A value loaded at most once, however many threads ask together; shared by a client and
-    its `patient` copies (a copy of the client shares this object, not a snapshot of it)."""
-
-    def __init__(self) -> None:
-        self._value: V | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def known(self) -> V | None:
-        """The value if it was loaded (never loads)."""
-        return self._value
-
-    def get(self, load: Callable[[], V]) -> V:
-        with self._lock:
-            if self._value is None:
-                self._value = load()
-            return self._value
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,7 @@ from guardrails.errors import (
     ServiceError,
     TransientServiceError,
 )
+from guardrails.once import Once
 from guardrails.policy.model import is_guid
 from guardrails.settings import Credentials
 
@@ -1281,19 +1282,14 @@ class LazyService:
 
     def __init__(self, build: Callable[[], TableServiceClient]) -> None:
         self._build = build
-        self._lock = threading.Lock()
-        self._client: TableServiceClient | None = None
+        self._client: Once[TableServiceClient] = Once()
 
     def client(self) -> TableServiceClient:
-        with self._lock:
-            if self._client is None:
-                self._client = self._build()
-            return self._client
+        return self._client.get(self._build)
 
     def close(self) -> None:
         """Close the client's connections, if it was built."""
-        with self._lock:
-            client = self._client
+        client = self._client.known
         if client is not None:
             client.close()
 
